@@ -1,0 +1,46 @@
+# One entry point for set-up, tests, lint, benchmarks and the AC report.
+# `make help` lists the targets. Everything installs into .venv from nothing.
+
+PYTHON        ?= python3
+VENV          ?= .venv
+TORCH_VERSION ?= 2.13.0
+# Extra pip arguments for torch, e.g. the PyTorch CPU or CUDA wheel index on hosted CI.
+TORCH_PIP_ARGS ?=
+WORKERS       ?= auto
+PYTEST_ARGS   ?=
+
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(TORCH_VERSION)
+PYTEST := $(BIN)/python -m pytest
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-cpu test-gpu lint bench report clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  variables: TORCH_VERSION=$(TORCH_VERSION) TORCH_PIP_ARGS='$(TORCH_PIP_ARGS)' WORKERS=$(WORKERS) PYTEST_ARGS='$(PYTEST_ARGS)'"
+
+setup: $(STAMP) ## create .venv with torch==$(TORCH_VERSION) and the project (editable, test+dev extras)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS)
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: setup ## run every tier this machine supports (others are reported as not run here)
+	$(PYTEST) -n $(WORKERS) $(PYTEST_ARGS)
+
+test-cpu: setup ## run the CPU tier (what CI runs on hosted runners)
+	$(PYTEST) --tier cpu -n $(WORKERS) $(PYTEST_ARGS)
+
+test-gpu: setup ## run the gpu and multigpu tiers, one xdist worker per visible GPU
+	$(PYTEST) --tier gpu,multigpu -n "$$($(BIN)/python -m harness gpus)" $(PYTEST_ARGS)
+
+lint: setup ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean: ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

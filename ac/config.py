@@ -1,0 +1,90 @@
+"""The `[activation_checkpoint]` job config, with torchtitan's field names.
+
+Every field is checked when the config is built, so a typo fails before any
+model is touched rather than halfway through the first training step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+MODES = ("none", "full", "selective", "memory_budget")
+DEFAULT_FORCE_RECOMPUTE_FQNS = ("moe.router.gate",)
+DETERMINISM_CHECKS = ("default", "none")
+
+
+@dataclass
+class ACConfig:
+    """How `apply_ac` checkpoints the blocks of a model.
+
+    mode: "none", "full" (every block), "selective" (per layer or per op) or
+        "memory_budget" (keep activations within `memory_budget` of no-AC's).
+    selective_ac_option: "op" for per-op SAC, or a positive integer string "n"
+        to fully checkpoint every n-th block.
+    per_op_sac_force_recompute_mm_shapes_by_fqns: fqn substrings of
+        `nn.Linear`s whose matmuls op-SAC always recomputes (MoE routers by
+        default: their output is tiny to recompute but blocks expert dispatch).
+    memory_budget: fraction of no-AC activation memory to keep, in [0, 1].
+    """
+
+    mode: str = "selective"
+    selective_ac_option: str = "2"
+    per_op_sac_force_recompute_mm_shapes_by_fqns: list[str] = field(
+        default_factory=lambda: list(DEFAULT_FORCE_RECOMPUTE_FQNS)
+    )
+    preserve_rng_state: bool = False
+    early_stop: bool = False
+    memory_budget: float = 0.5
+    determinism_check: str = "default"
+    debug: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"ACConfig.mode={self.mode!r} is not one of {list(MODES)}")
+        if isinstance(self.selective_ac_option, int) and not isinstance(
+            self.selective_ac_option, bool
+        ):
+            self.selective_ac_option = str(self.selective_ac_option)
+        if self.layer_interval is None and self.selective_ac_option != "op":
+            raise ValueError(
+                f"ACConfig.selective_ac_option={self.selective_ac_option!r} is not allowed: "
+                'use "op" for per-op SAC or a positive integer string such as "2"'
+            )
+        budget = self.memory_budget
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 <= budget <= 1.0:
+            raise ValueError(f"ACConfig.memory_budget={budget!r} is outside the allowed range [0.0, 1.0]")
+        patterns = self.per_op_sac_force_recompute_mm_shapes_by_fqns
+        if isinstance(patterns, str) or not all(isinstance(p, str) and p for p in patterns):
+            raise ValueError(
+                f"ACConfig.per_op_sac_force_recompute_mm_shapes_by_fqns={patterns!r} "
+                "must be a list of non-empty fqn strings"
+            )
+        self.per_op_sac_force_recompute_mm_shapes_by_fqns = list(patterns)
+        if self.determinism_check not in DETERMINISM_CHECKS:
+            raise ValueError(
+                f"ACConfig.determinism_check={self.determinism_check!r} is not one of "
+                f"{list(DETERMINISM_CHECKS)}"
+            )
+
+    @property
+    def layer_interval(self) -> int | None:
+        """The n of layer SAC, or None when the option is not a positive integer."""
+        option = self.selective_ac_option
+        if isinstance(option, str) and option.isdigit() and int(option) > 0:
+            return int(option)
+        return None
+
+    @property
+    def uses_default_force_recompute_fqns(self) -> bool:
+        return tuple(self.per_op_sac_force_recompute_mm_shapes_by_fqns) == DEFAULT_FORCE_RECOMPUTE_FQNS
+
+    @classmethod
+    def from_dict(cls, table: dict[str, Any]) -> ACConfig:
+        """Build from the `[activation_checkpoint]` table of a TOML job config."""
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(table) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown [activation_checkpoint] keys {unknown}; allowed keys are {allowed}")
+        return cls(**table)

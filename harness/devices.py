@@ -1,0 +1,169 @@
+"""GPU discovery, per-worker pinning and disjoint device leases.
+
+Leases are `flock`s on one file per device in a directory shared by every
+process on the host, so xdist workers (and several CI runners) never hand the
+same GPU to two tests at once, and a crashed holder frees its devices because
+the kernel drops its locks. `HARNESS_FAKE_GPUS=N` swaps in N virtual devices so
+all of this runs, and is tested, on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+FAKE_GPUS_ENV = "HARNESS_FAKE_GPUS"
+PHYSICAL_GPUS_ENV = "HARNESS_PHYSICAL_GPUS"  # the caller's visible list, before pinning
+HOME_GPU_ENV = "HARNESS_HOME_GPU"  # the device this xdist worker was pinned to
+LEASE_DIR_ENV = "HARNESS_LEASE_DIR"
+LEASE_LOG_ENV = "HARNESS_LEASE_LOG"
+LEASE_TIMEOUT_ENV = "HARNESS_LEASE_TIMEOUT"
+DEFAULT_LEASE_TIMEOUT_S = 1800.0
+
+
+class LeaseTimeout(RuntimeError):
+    """No set of free devices turned up in time."""
+
+
+def fake_gpu_count() -> int:
+    raw = os.environ.get(FAKE_GPUS_ENV, "0") or "0"
+    if not raw.isdigit():
+        raise ValueError(f"{FAKE_GPUS_ENV}={raw!r} must be a non-negative integer")
+    return int(raw)
+
+
+def visible_gpus() -> list[str]:
+    """The caller's visible devices (ids as CUDA_VISIBLE_DEVICES spells them).
+
+    Read from the environment the first process recorded, so a pinned worker
+    still knows the whole host's list without touching CUDA.
+    """
+    recorded = os.environ.get(PHYSICAL_GPUS_ENV)
+    if recorded is not None:
+        return [d for d in recorded.split(",") if d]
+    fake = fake_gpu_count()
+    if fake:
+        return [f"fake{i}" for i in range(fake)]
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_count() -> int:
+    return len(visible_gpus())
+
+
+def record_visible_gpus() -> list[str]:
+    """Freeze the visible list in the environment so child processes inherit it."""
+    gpus = visible_gpus()
+    os.environ[PHYSICAL_GPUS_ENV] = ",".join(gpus)
+    return gpus
+
+
+def pin_worker(worker_id: str) -> str | None:
+    """Give xdist worker `gwN` its home device; must run before CUDA initialises."""
+    gpus = visible_gpus()
+    if not gpus or not worker_id.startswith("gw"):
+        return None
+    home = gpus[int(worker_id[2:]) % len(gpus)]
+    os.environ[HOME_GPU_ENV] = home
+    if not fake_gpu_count():
+        os.environ["CUDA_VISIBLE_DEVICES"] = home
+    return home
+
+
+def cuda_index(device_id: str) -> int:
+    """Index of a leased device among those this process can see."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = visible.split(",") if visible is not None else visible_gpus()
+    return seen.index(device_id)
+
+
+def _lease_dir() -> Path:
+    default = Path(tempfile.gettempdir()) / f"harness-gpu-leases-{os.getuid()}"
+    path = Path(os.environ.get(LEASE_DIR_ENV) or default)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _log(event: str, devices: list[str], holder: str) -> None:
+    log_path = os.environ.get(LEASE_LOG_ENV)
+    if not log_path:
+        return
+    line = json.dumps({"t": time.time(), "event": event, "devices": devices, "holder": holder})
+    with open(log_path, "a") as log:
+        log.write(line + "\n")
+
+
+def _try_lock(path: Path) -> int | None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def _candidates(count: int, gpus: list[str]) -> list[str]:
+    """Search order: a one-device lease waits for the worker's home device."""
+    home = os.environ.get(HOME_GPU_ENV)
+    if count == 1 and home in gpus:
+        return [home]
+    if home in gpus:
+        return [home] + [g for g in gpus if g != home]
+    return gpus
+
+
+@contextlib.contextmanager
+def lease(count: int, holder: str, timeout: float | None = None) -> Iterator[list[str]]:
+    """Hold `count` disjoint devices for the duration of the block.
+
+    All-or-nothing: a partial set is released before waiting again, so two
+    multi-GPU tests can never deadlock holding halves of what each needs.
+    """
+    gpus = visible_gpus()
+    if count > len(gpus):
+        raise LeaseTimeout(f"{holder} needs {count} GPU(s); only {len(gpus)} are visible: {gpus}")
+    timeout = float(os.environ.get(LEASE_TIMEOUT_ENV, DEFAULT_LEASE_TIMEOUT_S)) if timeout is None else timeout
+    lock_dir = _lease_dir()
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        held: dict[str, int] = {}
+        for device in _candidates(count, gpus):
+            fd = _try_lock(lock_dir / f"gpu-{device}.lock")
+            if fd is not None:
+                held[device] = fd
+                if len(held) == count:
+                    break
+        if len(held) == count:
+            break
+        for fd in held.values():
+            _unlock(fd)
+        if time.monotonic() > deadline:
+            raise LeaseTimeout(f"{holder} waited {timeout:.0f}s for {count} free GPU(s) of {gpus} in {lock_dir}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+    devices = sorted(held, key=gpus.index)
+    _log("acquire", devices, holder)
+    try:
+        yield devices
+    finally:
+        _log("release", devices, holder)
+        for fd in held.values():
+            _unlock(fd)

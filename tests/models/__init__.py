@@ -1,0 +1,1 @@
+"""Reference models shared by the tests, the benchmarks and the AC report."""
