@@ -1,7 +1,7 @@
 """Activation checkpointing for transformer-style PyTorch models.
 
-    from ac import ACConfig, apply_ac
-    apply_ac(model, ACConfig(mode="selective", selective_ac_option="op"))
+from ac import ACConfig, apply_ac
+apply_ac(model, ACConfig(mode="selective", selective_ac_option="op"))
 """
 
 from ac.apply import apply_ac

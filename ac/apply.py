@@ -55,11 +55,15 @@ def _block_container(model: nn.Module, blocks: str) -> nn.Module:
         raise ValueError(f"model.{blocks} is a {type(container).__name__}; expected one of {allowed}")
     wrapped = [name for name, child in container.named_children() if isinstance(child, ActivationWrapper)]
     if wrapped:
-        raise ValueError(f"blocks {wrapped} of model.{blocks} are already checkpointed; apply_ac once per model")
+        raise ValueError(
+            f"blocks {wrapped} of model.{blocks} are already checkpointed; apply_ac once per model"
+        )
     return container
 
 
-def _forced_matmul_shapes(model: nn.Module, blocks: str, container: nn.Module, config: ACConfig) -> set[Shape]:
+def _forced_matmul_shapes(
+    model: nn.Module, blocks: str, container: nn.Module, config: ACConfig
+) -> set[Shape]:
     """Weight shapes (in, out) of the Linears that op-SAC must recompute."""
     shapes: set[Shape] = set()
     patterns = config.per_op_sac_force_recompute_mm_shapes_by_fqns
@@ -93,7 +97,9 @@ def _wrap_block(block: nn.Module, position: int, config: ACConfig, forced_shapes
     interval = config.layer_interval
     if interval is not None:
         return _checkpoint(block, config) if position % interval == 0 else block
-    return _checkpoint(block, config, context_fn=functools.partial(_op_sac_contexts, frozenset(forced_shapes)))
+    return _checkpoint(
+        block, config, context_fn=functools.partial(_op_sac_contexts, frozenset(forced_shapes))
+    )
 
 
 def _op_sac_contexts(forced_shapes: frozenset[Shape]) -> Any:

@@ -43,9 +43,7 @@ class ACConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"ACConfig.mode={self.mode!r} is not one of {list(MODES)}")
-        if isinstance(self.selective_ac_option, int) and not isinstance(
-            self.selective_ac_option, bool
-        ):
+        if isinstance(self.selective_ac_option, int) and not isinstance(self.selective_ac_option, bool):
             self.selective_ac_option = str(self.selective_ac_option)
         if self.layer_interval is None and self.selective_ac_option != "op":
             raise ValueError(

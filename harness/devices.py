@@ -139,7 +139,9 @@ def lease(count: int, holder: str, timeout: float | None = None) -> Iterator[lis
     gpus = visible_gpus()
     if count > len(gpus):
         raise LeaseTimeout(f"{holder} needs {count} GPU(s); only {len(gpus)} are visible: {gpus}")
-    timeout = float(os.environ.get(LEASE_TIMEOUT_ENV, DEFAULT_LEASE_TIMEOUT_S)) if timeout is None else timeout
+    timeout = (
+        float(os.environ.get(LEASE_TIMEOUT_ENV, DEFAULT_LEASE_TIMEOUT_S)) if timeout is None else timeout
+    )
     lock_dir = _lease_dir()
     deadline = time.monotonic() + timeout
     delay = 0.01
@@ -156,7 +158,9 @@ def lease(count: int, holder: str, timeout: float | None = None) -> Iterator[lis
         for fd in held.values():
             _unlock(fd)
         if time.monotonic() > deadline:
-            raise LeaseTimeout(f"{holder} waited {timeout:.0f}s for {count} free GPU(s) of {gpus} in {lock_dir}")
+            raise LeaseTimeout(
+                f"{holder} waited {timeout:.0f}s for {count} free GPU(s) of {gpus} in {lock_dir}"
+            )
         time.sleep(delay)
         delay = min(delay * 2, 0.5)
     devices = sorted(held, key=gpus.index)

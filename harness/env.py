@@ -64,7 +64,9 @@ class TierEnv:
         self._require_cuda("cuda_peak_bytes")
         return measure.cuda_peak_bytes(step)
 
-    def assert_grads_match(self, expected: nn.Module, actual: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+    def assert_grads_match(
+        self, expected: nn.Module, actual: nn.Module, dtype: torch.dtype = torch.float32
+    ) -> None:
         rtol, atol = self.tolerances(dtype)
         measure.assert_grads_match(expected, actual, rtol=rtol, atol=atol)
 

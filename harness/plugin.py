@@ -27,8 +27,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "tiers(*names): run this test only in these tiers (cpu, gpu, multigpu)")
-    config.addinivalue_line("markers", "gpus(count): devices a gpu/multigpu test leases (default 1 / world size)")
+    config.addinivalue_line(
+        "markers", "tiers(*names): run this test only in these tiers (cpu, gpu, multigpu)"
+    )
+    config.addinivalue_line(
+        "markers", "gpus(count): devices a gpu/multigpu test leases (default 1 / world size)"
+    )
     worker = getattr(config, "workerinput", None)
     if worker is None:
         devices.record_visible_gpus()
@@ -44,7 +48,9 @@ def pytest_configure(config: pytest.Config) -> None:
         problems = [reason for name in selected if (reason := tiers.unsupported_reason(name))]
         if problems:
             raise pytest.UsageError(
-                "requested tier cannot run on this machine: " + "; ".join(problems) + ". Refusing to report green."
+                "requested tier cannot run on this machine: "
+                + "; ".join(problems)
+                + ". Refusing to report green."
             )
     config.stash[SELECTED_KEY] = selected
     config.pluginmanager.register(summary.TierSummary(config, selected), "harness-summary")

@@ -76,4 +76,3 @@ class TierSummary:
             with open(step_summary, "a") as out:
                 out.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
                 out.writelines("| " + " | ".join(row) + " |\n" for row in rows)
-

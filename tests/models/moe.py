@@ -156,7 +156,9 @@ def build(args: MoEArgs = MoEArgs(), seed: int = 0, device: torch.device | str =
     return MoETransformer(args).to(device)
 
 
-def batch(args: MoEArgs, seed: int = 1, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def batch(
+    args: MoEArgs, seed: int = 1, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens, next-token targets) drawn from a fixed seed."""
     generator = torch.Generator().manual_seed(seed)
     data = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len + 1), generator=generator)

@@ -1,0 +1,113 @@
+"""ACConfig and apply_ac input checking: every bad input fails before any work."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import tomllib
+from torch import nn
+
+from ac import ACConfig, apply_ac
+from tests.models.moe import MoEArgs, build
+from tests.models.toy import ToyModel
+
+pytestmark = pytest.mark.tiers("cpu")
+
+
+def test_from_dict_reads_a_torchtitan_toml_table():
+    table = tomllib.loads(
+        """
+        [activation_checkpoint]
+        mode = "selective"
+        selective_ac_option = "op"
+        per_op_sac_force_recompute_mm_shapes_by_fqns = ["moe.router.gate", "output"]
+        early_stop = true
+        """
+    )["activation_checkpoint"]
+    config = ACConfig.from_dict(table)
+    assert config.selective_ac_option == "op"
+    assert config.per_op_sac_force_recompute_mm_shapes_by_fqns == ["moe.router.gate", "output"]
+    assert config.early_stop is True
+    assert config.layer_interval is None
+
+
+def test_integer_layer_option_from_toml_is_accepted():
+    assert ACConfig.from_dict({"selective_ac_option": 3}).layer_interval == 3
+
+
+def test_from_dict_rejects_unknown_keys_naming_them():
+    with pytest.raises(ValueError, match=r"\['selctive_ac_option'\].*allowed keys.*selective_ac_option"):
+        ACConfig.from_dict({"selctive_ac_option": "op"})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"mode": "partial"},
+            r"mode='partial' is not one of \['none', 'full', 'selective', 'memory_budget'\]",
+        ),
+        ({"selective_ac_option": "0"}, r"selective_ac_option='0' is not allowed.*\"op\".*positive integer"),
+        ({"selective_ac_option": "-2"}, r"selective_ac_option='-2'"),
+        ({"selective_ac_option": "ops"}, r"selective_ac_option='ops'"),
+        ({"selective_ac_option": True}, r"selective_ac_option=True"),
+        ({"memory_budget": 1.5}, r"memory_budget=1.5 is outside the allowed range \[0.0, 1.0\]"),
+        ({"memory_budget": -0.1}, r"memory_budget=-0.1"),
+        ({"memory_budget": "half"}, r"memory_budget='half'"),
+        ({"per_op_sac_force_recompute_mm_shapes_by_fqns": "moe.router.gate"}, r"must be a list"),
+        ({"determinism_check": "strict"}, r"determinism_check='strict'"),
+    ],
+)
+def test_bad_config_values_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ACConfig(**kwargs)
+
+
+def test_budget_edges_are_allowed():
+    assert ACConfig(memory_budget=0).memory_budget == 0
+    assert ACConfig(memory_budget=1.0).memory_budget == 1.0
+
+
+def test_missing_block_container_is_named():
+    with pytest.raises(ValueError, match=r"no block container 'blocks'"):
+        apply_ac(ToyModel(), ACConfig(mode="full"), blocks="blocks")
+
+
+def test_block_container_of_wrong_type_is_named():
+    model = ToyModel()
+    model.trunk = nn.Linear(2, 2)
+    with pytest.raises(
+        ValueError, match=r"model.trunk is a Linear; expected one of ModuleList, ModuleDict, Sequential"
+    ):
+        apply_ac(model, ACConfig(mode="full"), blocks="trunk")
+
+
+def test_pattern_matching_a_non_linear_is_rejected_and_model_untouched():
+    model = build(MoEArgs())
+    config = ACConfig(selective_ac_option="op", per_op_sac_force_recompute_mm_shapes_by_fqns=["moe.router"])
+    with pytest.raises(
+        ValueError, match=r"'moe.router' matches 'layers.0.moe.router', a Router; only nn.Linear"
+    ):
+        apply_ac(model, config)
+    assert not any("_checkpoint_wrapped_module" in name for name, _ in model.named_modules())
+
+
+def test_user_pattern_matching_nothing_warns_with_its_name():
+    config = ACConfig(selective_ac_option="op", per_op_sac_force_recompute_mm_shapes_by_fqns=["moe.gate"])
+    with pytest.warns(UserWarning, match=r"\['moe.gate'\] match no nn.Linear"):
+        apply_ac(build(MoEArgs()), config)
+
+
+def test_default_pattern_is_silent_on_dense_models():
+    dense = nn.Module()
+    dense.layers = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_ac(dense, ACConfig(selective_ac_option="op"))
+
+
+def test_applying_twice_is_rejected():
+    model = apply_ac(ToyModel(), ACConfig(mode="full"))
+    with pytest.raises(ValueError, match=r"already checkpointed"):
+        apply_ac(model, ACConfig(mode="full"))

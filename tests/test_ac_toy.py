@@ -1,0 +1,69 @@
+"""torchtitan's reference figures on its toy block, in every tier."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from ac import ACConfig, apply_ac
+from tests.ac_configs import TOY_CONFIGS
+from tests.models.toy import DIM, FLOP_UNIT, REFERENCE, ToyModel, toy_input
+
+MIB = 2**20
+
+
+def _measure_toy(tier, config: ACConfig, **model_kwargs) -> tuple[float, float]:
+    model = apply_ac(ToyModel(**model_kwargs).to(tier.device), config)
+    x = toy_input(tier.device)
+    flops = tier.flops(lambda: model(x))
+    act = tier.activation_bytes(model, lambda: model(x), inputs=x)
+    return flops.backward / FLOP_UNIT, act / MIB
+
+
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_toy_matches_torchtitan_reference(tier, name):
+    backward_units, act_mib = _measure_toy(tier, TOY_CONFIGS[name])
+    assert (backward_units, round(act_mib, 3)) == REFERENCE[name]
+
+
+def test_forward_flops_do_not_depend_on_ac(tier):
+    x = toy_input(tier.device)
+    forwards = {
+        name: tier.flops(lambda m=apply_ac(ToyModel().to(tier.device), cfg): m(x)).forward
+        for name, cfg in TOY_CONFIGS.items()
+    }
+    assert set(forwards.values()) == {4 * FLOP_UNIT}, forwards
+
+
+def test_biased_router_is_still_forced(tier):
+    """A Linear with bias dispatches addmm, whose weight operand is args[2]."""
+    forced = TOY_CONFIGS["op+gate"]
+    unforced = TOY_CONFIGS["op"]
+    assert _measure_toy(tier, forced, router_bias=True)[0] == REFERENCE["op+gate"][0]
+    # Without forcing, the biased addmm is still counted as the first matmul.
+    assert _measure_toy(tier, unforced, router_bias=True)[0] == REFERENCE["op"][0]
+
+
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_several_blocks_scale_linearly(tier, name):
+    backward_units, act_mib = _measure_toy(tier, TOY_CONFIGS[name], n_blocks=3)
+    want_flops, want_mib = REFERENCE[name]
+    assert backward_units == 3 * want_flops
+    # Every block reads the same input, so only per-block activations add up.
+    assert round(act_mib, 3) == 3 * want_mib
+
+
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_toy_gradients_match_no_ac(tier, name):
+    torch.manual_seed(0)
+    reference = ToyModel(n_blocks=2).to(tier.device)
+    model = apply_ac(copy.deepcopy(reference), TOY_CONFIGS[name])
+    x = torch.randn(64, DIM, device=tier.device)
+    inputs = [x.clone().requires_grad_(True) for _ in range(2)]
+    reference(inputs[0]).backward()
+    model(inputs[1]).backward()
+    tier.assert_grads_match(reference, model)
+    rtol, atol = tier.tolerances()
+    torch.testing.assert_close(inputs[1].grad, inputs[0].grad, rtol=rtol, atol=atol)
