@@ -70,7 +70,9 @@ class TierSummary:
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         terminalreporter.section("harness tiers", sep="-")
         for row in [header, *rows]:
-            terminalreporter.write_line("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+            terminalreporter.write_line(
+                "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            )
         step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if step_summary:
             with open(step_summary, "a") as out:

@@ -15,6 +15,12 @@ from tests.models import moe
 ARGS = moe.MoEArgs(n_layers=4)
 
 
+def _loss_step(model: nn.Module, device: torch.device, args: moe.MoEArgs = ARGS):
+    """A zero-argument step for the tier's measurements."""
+    tokens, targets = moe.batch(args, device=device)
+    return lambda: moe.loss_fn(model(tokens), targets)
+
+
 def _train_step(model: nn.Module, device: torch.device, args: moe.MoEArgs = ARGS) -> torch.Tensor:
     tokens, targets = moe.batch(args, device=device)
     loss = moe.loss_fn(model(tokens), targets)
@@ -104,15 +110,17 @@ def test_state_dict_keys_are_unchanged_and_load_both_ways(name):
     wrapped.load_state_dict(plain.state_dict())
     fresh = moe.build(ARGS, seed=3)
     fresh.load_state_dict(wrapped.state_dict())
-    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), plain.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(fresh.state_dict().values(), plain.state_dict().values(), strict=True)
+    )
 
 
 def test_recompute_grows_from_none_to_full(tier):
     backward = {}
     for name in ("none", "op", "layer-2", "full"):
         model = apply_ac(moe.build(ARGS, device=tier.device), MOE_CONFIGS[name])
-        tokens, targets = moe.batch(ARGS, device=tier.device)
-        backward[name] = tier.flops(lambda m=model: moe.loss_fn(m(tokens), targets)).backward
+        backward[name] = tier.flops(_loss_step(model, tier.device)).backward
     assert backward["none"] < backward["op"] < backward["full"]
     assert backward["none"] < backward["layer-2"] < backward["full"]
     # full AC recomputes the whole forward of every block, no more.
@@ -124,7 +132,7 @@ def test_activation_memory_shrinks_from_none_to_full(tier):
     held = {}
     for name in ("none", "op", "layer-2", "full"):
         model = apply_ac(moe.build(ARGS, device=tier.device), MOE_CONFIGS[name])
-        tokens, targets = moe.batch(ARGS, device=tier.device)
-        held[name] = tier.activation_bytes(model, lambda m=model: moe.loss_fn(m(tokens), targets), tokens)
+        tokens, _ = moe.batch(ARGS, device=tier.device)
+        held[name] = tier.activation_bytes(model, _loss_step(model, tier.device), tokens)
     assert held["full"] < held["layer-2"] < held["none"]
     assert held["full"] < held["op"] < held["none"]
