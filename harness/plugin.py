@@ -44,7 +44,7 @@ def pytest_configure(config: pytest.Config) -> None:
         try:
             selected = tiers.parse_tier_list(requested)
         except ValueError as error:
-            raise pytest.UsageError(str(error)) from None
+            raise pytest.UsageError(f"--tier {requested!r}: {error}") from None
         problems = [reason for name in selected if (reason := tiers.unsupported_reason(name))]
         if problems:
             raise pytest.UsageError(

@@ -36,11 +36,11 @@ MULTI_RANK_TIERS = ("cpu", "multigpu")
 
 
 def parse_tier_list(text: str) -> list[str]:
-    """`--tier cpu,gpu` -> ["cpu", "gpu"], rejecting unknown names."""
+    """ "cpu,gpu" -> ["cpu", "gpu"], rejecting unknown names."""
     names = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [n for n in names if n not in TIERS]
     if unknown or not names:
-        raise ValueError(f"--tier {text!r}: unknown tier {unknown or text!r}; choose from {list(TIERS)}")
+        raise ValueError(f"unknown tier {unknown or text!r}; choose from {list(TIERS)}")
     return names
 
 

@@ -1,0 +1,169 @@
+"""GPU leases: disjoint, all-or-nothing, released on failure, pinned per worker.
+
+The end-to-end test runs several xdist workers against 8 fake GPUs and checks
+the lease log, so the same logic that packs real GPUs is proven on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import devices
+
+pytestmark = pytest.mark.tiers("cpu")
+
+
+@pytest.fixture
+def fake_host(monkeypatch, tmp_path):
+    """Eight fake GPUs with a private lock directory and lease log."""
+    for name in (devices.PHYSICAL_GPUS_ENV, devices.HOME_GPU_ENV, "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(devices.FAKE_GPUS_ENV, "8")
+    monkeypatch.setenv(devices.LEASE_DIR_ENV, str(tmp_path / "locks"))
+    monkeypatch.setenv(devices.LEASE_LOG_ENV, str(tmp_path / "leases.jsonl"))
+    return tmp_path
+
+
+def test_leases_are_disjoint_while_held(fake_host):
+    with devices.lease(3, "a") as first, devices.lease(5, "b") as second:
+        assert len(first) == 3 and len(second) == 5
+        assert not set(first) & set(second)
+
+
+def test_lease_is_all_or_nothing_and_times_out_naming_the_holder(fake_host):
+    with (
+        devices.lease(6, "big"),
+        pytest.raises(devices.LeaseTimeout, match=r"needy waited 0s for 4 free GPU"),
+    ):
+        devices.lease(4, "needy", timeout=0.2).__enter__()
+    # The failed attempt released its partial set: all eight are free again.
+    with devices.lease(8, "all") as everything:
+        assert len(everything) == 8
+
+
+def test_asking_for_more_than_visible_fails_at_once(fake_host):
+    with pytest.raises(devices.LeaseTimeout, match=r"needs 9 GPU\(s\); only 8 are visible"):
+        devices.lease(9, "greedy").__enter__()
+
+
+def test_lease_is_released_when_the_body_raises(fake_host):
+    with pytest.raises(RuntimeError), devices.lease(8, "crashing"):
+        raise RuntimeError("test body failed")
+    with devices.lease(8, "next"):
+        pass
+
+
+def test_waiting_lease_gets_devices_when_released(fake_host):
+    got: list[list[str]] = []
+    with devices.lease(8, "holder"):
+        waiter = threading.Thread(
+            target=lambda: got.append(devices.lease(2, "waiter", timeout=10).__enter__())
+        )
+        waiter.start()
+        time.sleep(0.2)
+        assert not got
+    waiter.join(10)
+    assert len(got[0]) == 2
+
+
+def test_worker_pinning_indexes_the_callers_visible_list(monkeypatch):
+    monkeypatch.delenv(devices.FAKE_GPUS_ENV, raising=False)
+    monkeypatch.delenv(devices.PHYSICAL_GPUS_ENV, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    devices.record_visible_gpus()
+    pinned = [devices.pin_worker(f"gw{i}") for i in range(3)]
+    assert pinned == ["3", "5", "3"]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    assert devices.visible_gpus() == ["3", "5"]
+
+
+def test_bad_fake_gpu_count_is_named(monkeypatch):
+    monkeypatch.setenv(devices.FAKE_GPUS_ENV, "eight")
+    with pytest.raises(ValueError, match=r"HARNESS_FAKE_GPUS='eight' must be a non-negative integer"):
+        devices.fake_gpu_count()
+
+
+PACKING_TESTS = """
+import os
+import time
+
+import pytest
+
+from harness import devices
+
+
+@pytest.mark.tiers("gpu")
+@pytest.mark.parametrize("i", range(12))
+def test_one_gpu(tier, i):
+    assert tier.gpu_ids == (os.environ[devices.HOME_GPU_ENV],)
+    time.sleep(0.05)
+
+
+@pytest.mark.tiers("multigpu")
+@pytest.mark.gpus(2)
+@pytest.mark.parametrize("i", range(6))
+def test_two_gpus(tier, i):
+    assert len(set(tier.gpu_ids)) == 2
+    time.sleep(0.1)
+
+
+@pytest.mark.tiers("multigpu")
+@pytest.mark.gpus(4)
+@pytest.mark.parametrize("i", range(4))
+def test_four_gpus(tier, i):
+    time.sleep(0.1)
+    assert i != 3, "a failing test must still release its lease"
+
+
+@pytest.mark.tiers("multigpu")
+@pytest.mark.gpus(8)
+def test_whole_host(tier):
+    assert len(tier.gpu_ids) == 8
+"""
+
+
+def _intervals(log: Path) -> list[tuple[float, float, str, list[str]]]:
+    opened: dict[tuple[str, tuple[str, ...]], float] = {}
+    closed = []
+    for line in log.read_text().splitlines():
+        entry = json.loads(line)
+        key = (entry["holder"], tuple(entry["devices"]))
+        if entry["event"] == "acquire":
+            assert key not in opened, f"{key} acquired twice without release"
+            opened[key] = entry["t"]
+        else:
+            closed.append((opened.pop(key), entry["t"], entry["holder"], entry["devices"]))
+    assert not opened, f"leases never released: {sorted(opened)}"
+    return closed
+
+
+def test_xdist_workers_pack_fake_gpus_without_overlap(fake_host):
+    (fake_host / "test_packing.py").write_text(PACKING_TESTS)
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-n", "3", "--tier", "gpu,multigpu", "-p", "no:cacheprovider", "-q"],
+        cwd=fake_host,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "1 failed, 22 passed" in run.stdout, run.stdout + run.stderr
+    intervals = _intervals(fake_host / "leases.jsonl")
+    assert len(intervals) == 23
+    for i, (start, end, holder, held) in enumerate(intervals):
+        for other_start, other_end, other, other_held in intervals[i + 1 :]:
+            if start < other_end and other_start < end:
+                assert not set(held) & set(other_held), (
+                    f"{holder} and {other} shared {set(held) & set(other_held)}"
+                )
+    used = {device for *_, held in intervals for device in held}
+    assert used == {f"fake{i}" for i in range(8)}
