@@ -28,6 +28,12 @@ def _check_gpus(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _gpu_tiers(_: argparse.Namespace) -> int:
+    """The GPU tiers this host can run; "gpu" when it has none, so the run fails loudly."""
+    print(",".join(name for name in ("gpu", "multigpu") if not tiers.unsupported_reason(name)) or "gpu")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check-gpus", help="exit 1 unless at least COUNT GPUs are usable")
     check.add_argument("count", type=int)
     check.set_defaults(run=_check_gpus)
+    commands.add_parser(
+        "gpu-tiers", help="print the GPU tiers this host can run, for make test-gpu"
+    ).set_defaults(run=_gpu_tiers)
     args = parser.parse_args(argv)
     return args.run(args)
 
