@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from harness import devices, matrix
+from harness import devices, matrix, tiers
 
 
 def _gpus(_: argparse.Namespace) -> int:
