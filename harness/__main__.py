@@ -15,7 +15,8 @@ def _gpus(_: argparse.Namespace) -> int:
 
 
 def _matrix(args: argparse.Namespace) -> int:
-    matrices = matrix.as_matrices(matrix.build(args.cpu_shards, args.multi_gpus, args.image))
+    jobs = matrix.build(args.cpu_shards, args.multi_gpus, args.image, args.scale_set_prefix)
+    matrices = matrix.as_matrices(jobs)
     if args.github_output:
         matrix.write_github_output(matrices, args.github_output)
     print(json.dumps(matrices, indent=2))
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         "--multi-gpus", type=int, default=matrix.DEFAULT_MULTI_GPUS, help="GPUs per multi-GPU job"
     )
     ci.add_argument("--image", default="", help="GPU job container image (default: GHCR image of this repo)")
+    ci.add_argument("--scale-set-prefix", default="", help="GPU jobs target ARC scale set <prefix>-<gpus>")
     ci.add_argument("--github-output", metavar="PATH", help="also append <group>=<json> lines to PATH")
     ci.set_defaults(run=_matrix)
     check = commands.add_parser("check-gpus", help="exit 1 unless at least COUNT GPUs are usable")

@@ -44,10 +44,16 @@ def gpu_label(count: int) -> str:
     return f"gpu-{count}"
 
 
-def runner_labels(gpus: int) -> list[str]:
-    """Hosted for CPU work; self-hosted with a `gpu-N` label once a job needs several devices."""
+def runner_labels(gpus: int, scale_set_prefix: str = "") -> list[str]:
+    """Hosted for CPU work; self-hosted with a `gpu-N` label once a job needs several devices.
+
+    actions-runner-controller scale sets answer to their name alone, so with a prefix
+    a GPU job targets the scale set `<prefix>-<gpus>` instead of a label set.
+    """
     if gpus == 0:
         return [HOSTED_RUNNER]
+    if scale_set_prefix:
+        return [f"{scale_set_prefix}-{gpus}"]
     labels = list(SELF_HOSTED_BASE)
     if gpus > 1:
         labels.append(gpu_label(gpus))
@@ -73,7 +79,10 @@ def _junit(stem: str) -> str:
 
 
 def build(
-    cpu_shards: int = DEFAULT_CPU_SHARDS, multi_gpus: int = DEFAULT_MULTI_GPUS, image: str = ""
+    cpu_shards: int = DEFAULT_CPU_SHARDS,
+    multi_gpus: int = DEFAULT_MULTI_GPUS,
+    image: str = "",
+    scale_set_prefix: str = "",
 ) -> list[Job]:
     """Every CI job, in tier order: CPU tiers sharded, GPU tiers one job each."""
     if cpu_shards < 1:
@@ -110,7 +119,7 @@ def build(
                 name=f"{tier.name} ({gpus} GPU{'s' if gpus > 1 else ''})",
                 tier=tier.name,
                 group="gpu",
-                runs_on=runner_labels(gpus),
+                runs_on=runner_labels(gpus, scale_set_prefix),
                 make=tier.make_target,
                 pytest_args=f"--tier {tier.name} {_junit(tier.name)}",
                 gpus=gpus,
