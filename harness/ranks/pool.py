@@ -1,0 +1,288 @@
+"""Pools of rank processes, reused across tests and replaced after a failure.
+
+A pool is keyed by world size, backend and device set. Ranks are forked from
+a forkserver that has torch imported (never from a process that touched
+CUDA), so a fresh pool costs a fraction of a second after the first, and a
+warm pool runs a test for the price of two pipe messages per rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import BaseContext
+
+import torch.multiprocessing
+
+from harness.ranks import rendezvous, worker
+from harness.ranks.calls import Call
+from harness.ranks.results import CRASHED, FAILED, RUNNING, RankReport, Verdict, exit_report, verdict
+
+PRELOAD = ["torch", "torch.distributed", "pytest", "harness.ranks.worker"]
+_STACK_WAIT_S = 2.0
+_LOG_TAIL_BYTES = 4000
+
+
+def _without_watcher(dump: str) -> str:
+    """Drop the owner-watch thread's block from a faulthandler dump: it is the same in every rank."""
+    return "\n\n".join(block for block in dump.split("\n\n") if "in _watch_owner" not in block)
+
+
+class PoolStartError(RuntimeError):
+    """Ranks could not start or rendezvous."""
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    world_size: int
+    backend: str
+    device_ids: tuple[str, ...] = ()
+
+
+@dataclass
+class RunResult:
+    verdict: Verdict
+    reports: list[RankReport]
+
+
+def rank_context() -> BaseContext:
+    """torch.multiprocessing's forkserver context, preloading torch once for every rank."""
+    context = torch.multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+class RankPool:
+    """`world_size` live ranks with an initialised default process group."""
+
+    def __init__(self, key: PoolKey, context: BaseContext, timeout_s: float, grace_s: float) -> None:
+        self.key = key
+        self.timeout_s = timeout_s
+        self.grace_s = grace_s
+        self.broken = False
+        self.ready = False
+        self.logdir = tempfile.mkdtemp(prefix="harness-ranks-")
+        group_timeout = max(1.0, 0.8 * timeout_s)
+        self.store = rendezvous.host_store(key.world_size, group_timeout)
+        cuda_ids = key.device_ids if key.backend == "nccl" else ()
+        self.conns: list[Connection] = []
+        self.procs = []
+        self.log_paths = []
+        for rank in range(key.world_size):
+            log_path = os.path.join(self.logdir, f"rank{rank}.log")
+            spec = worker.RankSpec(
+                rank=rank,
+                world_size=key.world_size,
+                backend=key.backend,
+                env=rendezvous.rank_env(rank, key.world_size, self.store.port, cuda_ids),
+                log_path=log_path,
+                owner_pid=os.getpid(),
+                group_timeout_s=group_timeout,
+            )
+            parent_end, child_end = context.Pipe()
+            proc = context.Process(target=worker.main, args=(spec, child_end), name=f"harness-rank{rank}")
+            proc.start()
+            child_end.close()
+            self.conns.append(parent_end)
+            self.procs.append(proc)
+            self.log_paths.append(log_path)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def alive(self) -> bool:
+        return not self.broken and all(p.is_alive() for p in self.procs)
+
+    def _log_size(self, rank: int) -> int:
+        try:
+            return os.path.getsize(self.log_paths[rank])
+        except OSError:
+            return 0
+
+    def _read_log(self, rank: int, start: int, limit: int | None = None) -> str:
+        try:
+            with open(self.log_paths[rank], "rb") as log:
+                log.seek(start)
+                data = log.read()
+        except OSError:
+            return ""
+        if limit is not None and len(data) > limit:
+            data = b"...\n" + data[-limit:]
+        return data.decode(errors="replace")
+
+    def wait_ready(self) -> None:
+        """Block until every rank has joined the process group."""
+        if self.ready:
+            return
+        deadline = time.monotonic() + self.timeout_s
+        waiting = set(range(self.key.world_size))
+        while waiting:
+            left = deadline - time.monotonic()
+            ready = wait([self.conns[r] for r in waiting] + [self.procs[r].sentinel for r in waiting], left)
+            if not ready:
+                raise PoolStartError(
+                    f"ranks {sorted(waiting)} did not join the process group in {self.timeout_s:g}s"
+                )
+            for rank in list(waiting):
+                if self.conns[rank].poll():
+                    kind, detail = self.conns[rank].recv()
+                    if kind != "ready":
+                        raise PoolStartError(f"rank {rank} failed to start:\n{detail}")
+                    waiting.discard(rank)
+                elif not self.procs[rank].is_alive():
+                    report = exit_report(
+                        rank, self.procs[rank].exitcode, self._read_log(rank, 0, _LOG_TAIL_BYTES)
+                    )
+                    raise PoolStartError(f"rank {rank} {report.text}")
+        self.ready = True
+
+    def run(self, call: Call) -> RunResult:
+        """Run `call` in every rank; the first failure ends the wait after a short grace."""
+        try:
+            self.wait_ready()
+        except PoolStartError:
+            self.broken = True
+            raise
+        size = self.key.world_size
+        offsets = [self._log_size(r) for r in range(size)]
+        for conn in self.conns:
+            conn.send(("run", call))
+        reports: dict[int, RankReport] = {}
+        arrival: list[int] = []
+        deadline = time.monotonic() + self.timeout_s
+        failed_at: float | None = None
+        while len(reports) < size:
+            limit = deadline if failed_at is None else min(deadline, failed_at + self.grace_s)
+            pending = [r for r in range(size) if r not in reports]
+            ready = wait(
+                [self.conns[r] for r in pending] + [self.procs[r].sentinel for r in pending],
+                max(0.0, limit - time.monotonic()),
+            )
+            if not ready:
+                break
+            for rank in pending:
+                report = self._collect(rank, offsets[rank])
+                if report is None:
+                    continue
+                reports[rank] = report
+                arrival.append(rank)
+                if report.outcome in (FAILED, CRASHED) and failed_at is None:
+                    failed_at = time.monotonic()
+        for rank in range(size):
+            if rank not in reports:
+                reports[rank] = RankReport(rank, RUNNING)
+                arrival.append(rank)
+            reports[rank].output = self._read_log(rank, offsets[rank])
+        hung = any(r.outcome == RUNNING for r in reports.values())
+        if hung or failed_at is not None or not all(r.group_alive for r in reports.values()):
+            self.broken = True
+        if hung:
+            self._dump_stacks(reports)
+        ordered = [reports[r] for r in arrival]
+        timeout = self.timeout_s if hung and failed_at is None else None
+        return RunResult(verdict(ordered, size, timeout), [reports[r] for r in range(size)])
+
+    def _collect(self, rank: int, offset: int) -> RankReport | None:
+        conn, proc = self.conns[rank], self.procs[rank]
+        try:
+            if conn.poll():
+                return conn.recv()[1]
+        except (EOFError, OSError):
+            pass
+        if proc.is_alive():
+            return None
+        proc.join()
+        return exit_report(rank, proc.exitcode, self._read_log(rank, offset, _LOG_TAIL_BYTES))
+
+    def _dump_stacks(self, reports: dict[int, RankReport]) -> None:
+        """Ask each unfinished rank for its Python stack (faulthandler answers even inside a blocked collective)."""
+        live = [r for r, report in reports.items() if report.outcome == RUNNING and self.procs[r].is_alive()]
+        before = {r: self._log_size(r) for r in live}
+        for rank in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.procs[rank].pid, worker.DUMP_SIGNAL)
+        deadline = time.monotonic() + _STACK_WAIT_S
+        sizes = dict(before)
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = {r: self._log_size(r) for r in live}
+            if all(now[r] > before[r] for r in live) and now == sizes:
+                break
+            sizes = now
+        for rank in live:
+            reports[rank].stack = _without_watcher(self._read_log(rank, before[rank]))
+
+    def close(self) -> None:
+        """Stop every rank (politely when idle, SIGKILL to the rank's process group otherwise)."""
+        if not self.broken:
+            for conn in self.conns:
+                with contextlib.suppress(OSError):
+                    conn.send(("exit",))
+            deadline = time.monotonic() + 1.0
+            for proc in self.procs:
+                proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in self.procs:
+            if proc.is_alive():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            proc.join(5.0)
+        for conn in self.conns:
+            conn.close()
+        self.broken = True
+        shutil.rmtree(self.logdir, ignore_errors=True)
+
+
+class PoolRegistry:
+    """The pools of one pytest process, least recently used closed first beyond `max_pools`."""
+
+    def __init__(self, timeout_s: float, grace_s: float = 2.0, max_pools: int = 4) -> None:
+        self.timeout_s = timeout_s
+        self.grace_s = grace_s
+        self.max_pools = max_pools
+        self.pools: OrderedDict[PoolKey, RankPool] = OrderedDict()
+        self._context: BaseContext | None = None
+
+    def _new(self, key: PoolKey) -> RankPool:
+        if self._context is None:
+            self._context = rank_context()
+        return RankPool(key, self._context, self.timeout_s, self.grace_s)
+
+    def get(self, key: PoolKey) -> RankPool:
+        pool = self.pools.pop(key, None)
+        if pool is not None and not pool.alive():
+            pool.close()
+            pool = None
+        if pool is None:
+            while len(self.pools) >= self.max_pools:
+                self.pools.popitem(last=False)[1].close()
+            pool = self._new(key)
+        self.pools[key] = pool
+        return pool
+
+    def run(self, key: PoolKey, call: Call, isolated: bool = False) -> RunResult:
+        """Run in the pool for `key`, or in fresh ranks closed afterwards when `isolated`."""
+        pool = self._new(key) if isolated else self.get(key)
+        try:
+            return pool.run(call)
+        except BaseException:
+            pool.broken = True
+            raise
+        finally:
+            if isolated or pool.broken:
+                pool.close()
+            if pool.broken and self.pools.get(key) is pool:
+                del self.pools[key]
+
+    def close_all(self) -> None:
+        while self.pools:
+            self.pools.popitem()[1].close()

@@ -1,0 +1,113 @@
+"""The rank process: die with pytest, log to a file, init the group, run calls.
+
+A rank must never outlive the pytest process that owns it, whatever kills
+that process (Ctrl-C, SIGTERM, SIGKILL of an xdist worker). Three layers:
+the kernel's parent-death signal, a thread that waits on a pidfd of the
+owning pytest process (the direct parent may be the forkserver), and the
+pool's own clean-up. Each rank leads its own process group, so whatever a
+test starts dies with it, and terminal Ctrl-C reaches pytest, not the ranks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import os
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from harness.ranks import calls, rendezvous
+
+DUMP_SIGNAL = signal.SIGUSR1
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    rank: int
+    world_size: int
+    backend: str
+    env: dict[str, str]
+    log_path: str
+    owner_pid: int
+    group_timeout_s: float
+
+
+def _kill_own_group() -> None:
+    os.killpg(0, signal.SIGKILL)
+
+
+def _watch_owner(owner_pid: int) -> None:
+    try:
+        fd = os.pidfd_open(owner_pid)
+    except ProcessLookupError:
+        _kill_own_group()
+    except OSError:  # kernel without pidfd: poll
+        while True:
+            try:
+                os.kill(owner_pid, 0)
+            except ProcessLookupError:
+                _kill_own_group()
+            time.sleep(0.5)
+    select.select([fd], [], [])
+    _kill_own_group()
+
+
+def _tie_to_owner(owner_pid: int) -> None:
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    threading.Thread(target=_watch_owner, args=(owner_pid,), name="harness-owner-watch", daemon=True).start()
+
+
+def _log_to(path: str) -> None:
+    """Send fds 1 and 2 to the rank's log; the pool slices it per test and reads stack dumps from it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    faulthandler.register(DUMP_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
+
+
+def _flush() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def main(spec: RankSpec, conn: Connection) -> None:
+    """Entry point of a rank: start, then run calls until told to stop or orphaned."""
+    _tie_to_owner(spec.owner_pid)
+    _log_to(spec.log_path)
+    os.environ.update(spec.env)
+    try:
+        rendezvous.init_default_group(spec.backend, spec.group_timeout_s)
+    except Exception:
+        _flush()
+        conn.send(("start_failed", traceback.format_exc()))
+        return
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            break
+        if message[0] == "exit":
+            break
+        report = calls.execute(message[1], spec.rank)
+        _flush()
+        conn.send(("report", report))
+    _flush()
+    os._exit(0)
