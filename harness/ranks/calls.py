@@ -12,6 +12,7 @@ import ast
 import importlib
 import importlib.util
 import operator
+import os
 import pickle
 import sys
 import time
@@ -38,6 +39,7 @@ class Call:
     name: str
     funcargs: bytes
     sys_path: tuple[str, ...]
+    environ: dict[str, str]
     tbstyle: str
 
 
@@ -61,6 +63,7 @@ def make_call(item: pytest.Function) -> Call:
         name=item.function.__name__,
         funcargs=pickle.dumps(funcargs),
         sys_path=tuple(sys.path),
+        environ=dict(os.environ),
         tbstyle=style,
     )
 

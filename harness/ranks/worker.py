@@ -87,6 +87,15 @@ def _flush() -> None:
     sys.stderr.flush()
 
 
+def _mirror_environ(caller: dict[str, str], own: dict[str, str]) -> None:
+    """The test sees the pytest process's environment as of this call (fixtures may have set
+    variables), with this rank's torchrun variables on top."""
+    wanted = {**caller, **own}
+    for name in set(os.environ) - set(wanted):
+        del os.environ[name]
+    os.environ.update(wanted)
+
+
 def main(spec: RankSpec, conn: Connection) -> None:
     """Entry point of a rank: start, then run calls until told to stop or orphaned."""
     _tie_to_owner(spec.owner_pid)
@@ -106,6 +115,7 @@ def main(spec: RankSpec, conn: Connection) -> None:
             break
         if message[0] == "exit":
             break
+        _mirror_environ(message[1].environ, spec.env)
         report = calls.execute(message[1], spec.rank)
         _flush()
         conn.send(("report", report))

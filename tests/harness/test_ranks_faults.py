@@ -1,0 +1,173 @@
+"""world_size tests end to end: values reach the ranks, faults are reported, pools recover."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytestmark = pytest.mark.tiers("cpu")
+
+DIST_TIMEOUT = "3"
+
+BODIES = """
+import os, signal, time
+import pytest
+import torch
+import torch.distributed as dist
+
+PIDS = {pids!r}
+
+
+def record(name):
+    with open(os.path.join(PIDS, f"{{name}}-{{dist.get_rank()}}"), "w") as f:
+        f.write(str(os.getpid()))
+
+
+@pytest.fixture
+def token(monkeypatch):
+    monkeypatch.setenv("SELFTEST_FROM_FIXTURE", "yes")
+    return {{"value": 41}}
+
+
+@pytest.mark.world_size([1, 2])
+@pytest.mark.parametrize("scale", [2, 3])
+def test_values_reach_ranks(scale, token, world_size):
+    assert dist.get_world_size() == world_size
+    assert os.environ["RANK"] == os.environ["LOCAL_RANK"] == str(dist.get_rank())
+    assert os.environ["WORLD_SIZE"] == str(world_size) and int(os.environ["MASTER_PORT"]) > 0
+    assert os.environ["SELFTEST_FROM_FIXTURE"] == "yes"
+    total = torch.tensor([scale * token["value"]])
+    dist.all_reduce(total)
+    assert total.item() == scale * 41 * world_size
+
+
+class TestInAClass:
+    @pytest.mark.world_size(2)
+    def test_method(self):
+        record("warm_a")
+        dist.barrier()
+
+
+@pytest.mark.world_size(2)
+def test_pool_is_reused():
+    record("warm_b")
+    dist.barrier()
+
+
+@pytest.mark.world_size(2)
+def test_one_rank_raises():
+    if dist.get_rank() == 1:
+        raise ValueError("boom from rank one")
+    dist.barrier()
+
+
+@pytest.mark.world_size(2)
+def test_knock_on_follows_cause():
+    if dist.get_rank() == 1:
+        dist.destroy_process_group()
+        raise ValueError("root cause in rank one")
+    dist.barrier()
+
+
+@pytest.mark.world_size(2)
+def test_assert_is_explained():
+    got = dist.get_rank() + 10
+    assert got == 10
+
+
+@pytest.mark.world_size(2)
+def test_hang():
+    time.sleep(600)
+
+
+@pytest.mark.world_size(2)
+def test_rank_killed():
+    if dist.get_rank() == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.barrier()
+
+
+@pytest.mark.world_size(2)
+def test_rank_exits_nonzero():
+    if dist.get_rank() == 0:
+        os._exit(3)
+    dist.barrier()
+
+
+@pytest.mark.world_size(2)
+def test_every_rank_skips():
+    pytest.skip("skipped by every rank")
+
+
+@pytest.mark.world_size(2)
+def test_one_rank_skips():
+    if dist.get_rank() == 0:
+        pytest.skip("only rank zero")
+
+
+@pytest.mark.world_size(2)
+def test_pool_works_after_failures():
+    record("after")
+    total = torch.ones(1)
+    dist.all_reduce(total)
+    assert total.item() == 2
+
+
+@pytest.mark.world_size(2)
+@pytest.mark.isolated
+def test_isolated_ranks_are_fresh():
+    record("isolated")
+    dist.barrier()
+"""
+
+
+def _section(output: str, name: str) -> str:
+    """The failure report of one test in pytest's output."""
+    header = rf"_{{5,}} {re.escape(name)}\[[^\]]*\] _{{5,}}\n"
+    match = re.search(header + r"(.*?)(?=\n[_=-]{5,} \S.* [_=-]{5,}\n)", output, re.S)
+    assert match, f"no failure section for {name}"
+    return match.group(1)
+
+
+def _pids(directory, name):
+    return {int((directory / f"{name}-{rank}").read_text()) for rank in (0, 1)}
+
+
+def test_faults_and_recovery(pytester, tmp_path):
+    """One inner run over every fault: rank start-up is the cost, so the faults share it."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    pytester.makepyfile(test_bodies=BODIES.format(pids=str(pids)))
+    result = pytester.runpytest("--tier", "cpu", "--dist-timeout", DIST_TIMEOUT, "-p", "no:cacheprovider")
+    out = result.stdout.str()
+    result.assert_outcomes(passed=8, failed=7, skipped=1)
+
+    raised = _section(out, "test_one_rank_raises")
+    assert raised.startswith("rank 1 of 2 failed") and "ValueError: boom from rank one" in raised
+
+    knock = _section(out, "test_knock_on_follows_cause")
+    assert knock.startswith("rank 1 of 2 failed") and "root cause in rank one" in knock
+    assert knock.index("root cause in rank one") < knock.index("knock-on") < knock.index("rank 0 of 2")
+
+    explained = _section(out, "test_assert_is_explained")
+    assert "assert 11 == 10" in explained
+
+    hang = _section(out, "test_hang")
+    assert f"after {DIST_TIMEOUT}s (--dist-timeout)" in hang
+    assert len(re.findall(r"line \d+ in test_hang", hang)) == 2, hang
+
+    killed = _section(out, "test_rank_killed")
+    assert killed.startswith("rank 1 of 2 killed by SIGKILL")
+
+    exited = _section(out, "test_rank_exits_nonzero")
+    assert exited.startswith("rank 0 of 2 exited with code 3")
+
+    mixed = _section(out, "test_one_rank_skips")
+    assert "every rank skips" in mixed
+
+    warm = _pids(pids, "warm_a")
+    assert warm == _pids(pids, "warm_b"), "two passing tests in a row should share one pool"
+    after = _pids(pids, "after")
+    assert not after & warm, "failed ranks should have been replaced"
+    assert not _pids(pids, "isolated") & (after | warm), "an isolated test should get fresh ranks"
