@@ -14,6 +14,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 )
 from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
+from ac.budget import BudgetCheckpoint
 from ac.config import ACConfig
 from ac.policy import Shape, make_op_sac_policy
 
@@ -27,16 +28,18 @@ def apply_ac(model: nn.Module, config: ACConfig, *, blocks: str = "layers") -> n
     leaves the model untouched.
     """
     container = _block_container(model, blocks)
-    if config.mode == "memory_budget":
-        torch._functorch.config.activation_memory_budget = config.memory_budget
-        return model
     if config.mode == "none":
         return model
     forced_shapes: set[Shape] = set()
     if config.mode == "selective" and config.layer_interval is None:
         forced_shapes = _forced_matmul_shapes(model, blocks, container, config)
+    extra = {}
+    if config.mode == "memory_budget":
+        # Compiled blocks bypass the wrapper and take compile's own budget; eager ones solve theirs.
+        torch._functorch.config.activation_memory_budget = config.memory_budget
+        extra["checkpoint_fn"] = BudgetCheckpoint(config.memory_budget, container.children())
     for position, (name, block) in enumerate(list(container.named_children()), start=1):
-        wrapped = _wrap_block(block, position, config, forced_shapes)
+        wrapped = _wrap_block(block, position, config, forced_shapes, extra)
         if wrapped is not block:
             container.register_module(name, wrapped)
     return model
@@ -91,9 +94,11 @@ def _forced_matmul_shapes(
     return shapes
 
 
-def _wrap_block(block: nn.Module, position: int, config: ACConfig, forced_shapes: set[Shape]) -> nn.Module:
-    if config.mode == "full":
-        return _checkpoint(block, config)
+def _wrap_block(
+    block: nn.Module, position: int, config: ACConfig, forced_shapes: set[Shape], extra: dict[str, Any]
+) -> nn.Module:
+    if config.mode in ("full", "memory_budget"):
+        return _checkpoint(block, config, **extra)
     interval = config.layer_interval
     if interval is not None:
         return _checkpoint(block, config) if position % interval == 0 else block
