@@ -38,9 +38,13 @@ test-cpu: setup ## run the CPU tier (what CI runs on hosted runners)
 test-gpu: setup ## run the gpu and multigpu tiers, one xdist worker per visible GPU
 	$(PYTEST) --tier gpu,multigpu -n "$$($(BIN)/python -m harness gpus)" $(PYTEST_ARGS)
 
-lint: setup ## ruff lint + format check
+lint: setup ## ruff, workflow schema + zizmor security audit, hadolint on every Dockerfile
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(BIN)/zizmor --offline --min-severity high .github
+	$(BIN)/hadolint $$(find docker -name 'Dockerfile*' ! -name '*.dockerignore')
+	$(BIN)/shellcheck $$(find docker -name '*.sh')
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
