@@ -1,0 +1,130 @@
+"""No rank outlives its pytest process, however that process ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.tiers("cpu")
+
+HANGING = """
+import os, time
+import pytest
+import torch.distributed as dist
+
+@pytest.mark.world_size(2)
+def test_records_and_hangs():
+    with open(os.path.join({pids!r}, f"rank-{{dist.get_rank()}}"), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(600)
+"""
+
+WORKER_CRASH = """
+import os, signal
+import pytest
+import torch.distributed as dist
+
+@pytest.mark.world_size(2)
+def test_a_records():
+    with open(os.path.join({pids!r}, f"rank-{{dist.get_rank()}}"), "w") as f:
+        f.write(str(os.getpid()))
+
+def test_b_kills_its_xdist_worker():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+@pytest.mark.world_size(2)
+def test_c_runs_on_the_next_worker():
+    dist.barrier()
+"""
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def descendants(root: int) -> set[int]:
+    """Every process below `root`, found by scanning /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (parent := _ppid(int(entry))) is not None:
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie (an unreaped zombie holds no resources)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _recorded(pids: Path) -> set[int]:
+    return {int(p.read_text()) for p in pids.iterdir() if p.read_text()}
+
+
+def _pytest(pytester: pytest.Pytester, *args: str, **popen) -> subprocess.Popen:
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--tier", "cpu", *args]
+    return subprocess.Popen(
+        command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_signalled_pytest_leaves_no_rank(pytester, tmp_path, sig):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    pytester.makepyfile(test_hangs=HANGING.format(pids=str(pids)))
+    proc = _pytest(pytester, "--dist-timeout", "300")
+    try:
+        _wait_for(lambda: len(list(pids.iterdir())) == 2, 120, "both ranks to start the test")
+        tree = descendants(proc.pid)
+        ranks = _recorded(pids)
+        assert ranks <= tree, "ranks should be descendants of the pytest process"
+        proc.send_signal(sig)
+        proc.wait(60)
+        _wait_for(lambda: not any(alive(p) for p in tree), 15, f"{sorted(tree)} to exit after {sig.name}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def test_crashed_xdist_worker_leaves_no_rank_and_the_run_goes_on(pytester, tmp_path):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    pytester.makepyfile(test_crash=WORKER_CRASH.format(pids=str(pids)))
+    proc = _pytest(pytester, "-n", "1", "-p", "xdist", "--dist-timeout", "60")
+    output, _ = proc.communicate(timeout=240)
+    text = output.decode(errors="replace")
+    assert "1 failed, 2 passed" in text, text
+    ranks = _recorded(pids)
+    assert len(ranks) == 2
+    _wait_for(
+        lambda: not any(alive(p) for p in ranks), 15, f"ranks {sorted(ranks)} to exit with their worker"
+    )
