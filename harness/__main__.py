@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from harness import devices, matrix, tiers
+from harness import devices, matrix, report, tiers
 
 
 def _gpus(_: argparse.Namespace) -> int:
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("gpus", help="print how many GPUs this machine makes visible").set_defaults(run=_gpus)
+    report.register(commands)
     ci = commands.add_parser("matrix", help="print the CI job matrix (JSON) derived from the tiers")
     ci.add_argument(
         "--cpu-shards", type=int, default=matrix.DEFAULT_CPU_SHARDS, help="hosted jobs for CPU tiers"

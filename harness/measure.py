@@ -55,6 +55,17 @@ def activation_bytes(model: nn.Module, step: Step, inputs: Iterable[torch.Tensor
     MemTracker classifies every tensor created in forward (and its recompute) as
     an activation, on CPU and CUDA alike, so this is the tier-neutral figure.
     """
+    return memory(model, step, inputs).activation
+
+
+@dataclass(frozen=True)
+class Memory:
+    activation: int  # activation bytes alive after forward, inputs excluded
+    peak: int  # MemTracker's peak of everything (parameters and gradients too) during the step
+
+
+def memory(model: nn.Module, step: Step, inputs: Iterable[torch.Tensor] = ()) -> Memory:
+    """Activation bytes after forward and the step's peak bytes, from one MemTracker run."""
     tracker = MemTracker()
     tracker.track_external(model)
     with tracker:
@@ -62,7 +73,8 @@ def activation_bytes(model: nn.Module, step: Step, inputs: Iterable[torch.Tensor
         snapshot = tracker.get_tracker_snapshot("current")
         held = sum(per_device.get("Activation", 0) for per_device in snapshot.values())
         loss.backward()
-    return held - _storage_bytes(inputs)
+    peak = sum(per_device.get("Total", 0) for per_device in tracker.get_tracker_snapshot("peak").values())
+    return Memory(held - _storage_bytes(inputs), peak)
 
 
 def cuda_activation_bytes(step: Step) -> int:

@@ -24,7 +24,7 @@ from torch._subclasses.fake_tensor import (
     UnsupportedOperatorException,
 )
 from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_map_only
 from torch.utils.flop_counter import flop_registry
 
@@ -87,15 +87,20 @@ class _Recorder(TorchDispatchMode):
 
 
 def profile_block(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BlockProfile:
-    """Run `block` once on fake copies of its inputs (real ones if it must) and record costs."""
-    try:
-        mode = FakeTensorMode(allow_non_fake_inputs=True)
-        fake_args, fake_kwargs = tree_map_only(torch.Tensor, mode.from_tensor, (args, kwargs))
-        with mode:
-            return _record(block, fake_args, fake_kwargs)
-    except _NOT_FAKEABLE:
-        real_args, real_kwargs = tree_map_only(torch.Tensor, _detached, (args, kwargs))
-        return _record(block, real_args, real_kwargs)
+    """Run `block` once on fake copies of its inputs (real ones if it must) and record costs.
+
+    Dispatch modes already active (a FlopCounterMode, a MemTracker) are set aside
+    meanwhile: the profile is not part of the step they measure.
+    """
+    with _disable_current_modes():
+        try:
+            mode = FakeTensorMode(allow_non_fake_inputs=True)
+            fake_args, fake_kwargs = tree_map_only(torch.Tensor, mode.from_tensor, (args, kwargs))
+            with mode:
+                return _record(block, fake_args, fake_kwargs)
+        except _NOT_FAKEABLE:
+            real_args, real_kwargs = tree_map_only(torch.Tensor, _detached, (args, kwargs))
+            return _record(block, real_args, real_kwargs)
 
 
 def _detached(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,50 @@
+"""The AC report's figure: activation memory against recompute, one panel per model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+MIB = 2**20
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Each mode a point, budget modes apart, the Pareto front joined by a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = report["models"]
+    cols = min(2, len(models))
+    rows = math.ceil(len(models) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.8 * rows), squeeze=False)
+    for ax, (name, data) in zip(axes.flat, models.items(), strict=False):
+        points = {r["mode"]: (r["recompute_pct"], r["activation_bytes"] / MIB) for r in data["rows"]}
+        for mode, (x, y) in points.items():
+            budget = mode.startswith("budget")  # budget-<b> and budget@<mode> (matched memory)
+            ax.scatter(
+                x, y, marker="^" if budget else "o", color="tab:orange" if budget else "tab:blue", zorder=3
+            )
+            ax.annotate(mode, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        front = sorted(points[m] for m in data["pareto"])
+        ax.step(
+            *zip(*front, strict=True),
+            where="post",
+            color="tab:green",
+            linewidth=1,
+            zorder=2,
+            label="Pareto front",
+        )
+        ax.set_title(name)
+        ax.set_xlabel("recompute overhead (% of no-AC step flops)")
+        ax.set_ylabel("activation memory after forward (MiB)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8)
+    for ax in axes.flat[len(models) :]:
+        ax.axis("off")
+    fig.suptitle(f"AC modes: memory vs recompute ({report['device']}, torch {report['torch']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,79 @@
+"""`python -m harness report`: the toy's rows reproduce torchtitan's figures; table, JSON and plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from harness import report, sweep
+from harness.__main__ import main
+from tests.models.toy import FLOP_UNIT, REFERENCE
+
+MIB = 2**20
+# Report modes named as the toy's REFERENCE names them.
+TOY_NAMES = {"none": "none", "full": "full", "op": "op+gate", "op-no-force": "op"}
+
+pytestmark = pytest.mark.tiers("cpu")
+
+
+def _row(mode: str, recompute: float, act: int) -> sweep.Row:
+    return sweep.Row("m", mode, 1, 1, recompute, act, act, True)
+
+
+def test_pareto_keeps_only_undominated_modes():
+    rows = [_row("none", 0.0, 100), _row("full", 30.0, 10), _row("worse", 30.0, 50), _row("mid", 10.0, 40)]
+    rows.append(_row("tie", 10.0, 40))
+    assert report.pareto(rows) == ["none", "full", "mid", "tie"]
+
+
+def test_matched_budget_is_the_share_of_no_ac_memory():
+    rows = [_row("none", 0.0, 110), _row("full", 30.0, 10), _row("op", 5.0, 60), _row("big", 0.0, 200)]
+    assert sweep.matched_budget(rows, "op") == 0.5
+    assert sweep.matched_budget(rows, "big") == 1.0
+
+
+def test_model_names_match_the_sweep():
+    assert tuple(sweep.MODELS) == report.MODEL_NAMES
+
+
+def test_toy_report_reproduces_reference_and_writes_json(tmp_path, capsys):
+    assert main(["report", "--models", "toy", "--device", "cpu", "--no-plot", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "ac-report.json").read_text())
+    rows = {r["mode"]: r for r in data["models"]["toy"]["rows"]}
+    assert list(rows) == [*sweep.MODES, "budget@op", "budget@layer-2"]
+    for mode, name in TOY_NAMES.items():
+        got = (rows[mode]["backward_flops"] / FLOP_UNIT, rows[mode]["activation_bytes"] / MIB)
+        assert (got[0], round(got[1], 3)) == REFERENCE[name], mode
+    assert all(r["grads_bitwise_equal"] for r in rows.values())
+    assert rows["budget@op"]["recompute_pct"] <= rows["op"]["recompute_pct"]
+    out, err = capsys.readouterr()
+    assert "### toy" in out and "| budget-0.5 * |" in out
+    assert err.count("\n") == len(rows) and "[1/12] toy" in err
+
+
+def test_plot_draws_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from harness.plot import plot
+
+    rows = [_row("none", 0.0, 100 * MIB), _row("full", 30.0, 0), _row("budget-0.5", 10.0, 40 * MIB)]
+    data = {"rows": [vars(r) for r in rows], "pareto": report.pareto(rows)}
+    plot(
+        {"device": "cpu", "torch": torch.__version__, "models": {"m": data, "n": data, "o": data}},
+        tmp_path / "p.png",
+    )
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--models", "toy,gpt"], r"--models 'toy,gpt': unknown \['gpt'\]; allowed are \['toy'"),
+        (["--models", ","], r"--models ',': unknown \[\]"),
+    ],
+)
+def test_bad_arguments_fail_before_any_measurement(tmp_path, argv, message):
+    with pytest.raises(ValueError, match=message):
+        main(["report", "--out", str(tmp_path), *argv])
+    assert not any(tmp_path.iterdir())
