@@ -20,12 +20,12 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: TORCH_VERSION=$(TORCH_VERSION) TORCH_PIP_ARGS='$(TORCH_PIP_ARGS)' WORKERS=$(WORKERS) PYTEST_ARGS='$(PYTEST_ARGS)'"
 
-setup: $(STAMP) ## create .venv with torch==$(TORCH_VERSION) and the project (editable, test+dev extras)
+setup: $(STAMP) ## create .venv with torch==$(TORCH_VERSION) and the project (editable, test+dev+report extras)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS)
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,report]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -45,6 +45,19 @@ lint: setup ## ruff, workflow schema + zizmor security audit, hadolint on every 
 	$(BIN)/zizmor --offline --min-severity high .github
 	$(BIN)/hadolint $$(find docker -name 'Dockerfile*' ! -name '*.dockerignore')
 	$(BIN)/shellcheck $$(find docker -name '*.sh')
+
+report: setup ## every AC mode on the reference models: tables on stdout, reports/ac-report.{json,png}
+	$(BIN)/python -m harness report
+
+.PHONY: bench-budget
+bench-budget: setup ## benchmark memory_budget mode: profiling cost per block, solver time, gap to the optimum
+	PYTHONPATH=. $(BIN)/python bench/budget_bench.py
+
+bench: bench-budget
+
+bench: setup ## benchmarks (not tests): two-rank tests, harness.ranks pools vs torch's MultiProc* test cases
+	$(BIN)/python -m pip install --quiet expecttest
+	$(BIN)/python bench/ranks_bench.py
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
