@@ -22,20 +22,20 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.8 * rows), squeeze=False)
     for ax, (name, data) in zip(axes.flat, models.items(), strict=False):
         points = {r["mode"]: (r["recompute_pct"], r["activation_bytes"] / MIB) for r in data["rows"]}
-        for mode, (x, y) in points.items():
-            budget = mode.startswith("budget")  # budget-<b> and budget@<mode> (matched memory)
+        labels: dict[tuple[float, float], list[str]] = {}
+        for mode, point in points.items():
+            labels.setdefault(point, []).append(mode)
+        for (x, y), modes in labels.items():
+            budget = all(m.startswith("budget") for m in modes)  # budget-<b>, budget@<mode> (matched memory)
             ax.scatter(
                 x, y, marker="^" if budget else "o", color="tab:orange" if budget else "tab:blue", zorder=3
             )
-            ax.annotate(mode, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            offset = (5, -11) if budget else (5, 4)
+            ax.annotate(", ".join(modes), (x, y), textcoords="offset points", xytext=offset, fontsize=7)
         front = sorted(points[m] for m in data["pareto"])
-        ax.step(
-            *zip(*front, strict=True),
-            where="post",
-            color="tab:green",
-            linewidth=1,
-            zorder=2,
-            label="Pareto front",
+        ax.step(*zip(*front, strict=True), where="post", color="tab:green", linewidth=1, zorder=2)
+        ax.scatter(
+            *zip(*front, strict=True), s=110, facecolors="none", edgecolors="tab:green", label="Pareto front"
         )
         ax.set_title(name)
         ax.set_xlabel("recompute overhead (% of no-AC step flops)")
