@@ -80,6 +80,8 @@ def test_budget_is_kept_and_gradients_match(tier, name):
         )
         assert act - full_act <= budget * (none_act - full_act), (budget, act)
         [plans] = _budget_checkpoint(model)._plans.values()
+        # The profile's bytes and flops are what MemTracker and FlopCounterMode measure.
+        assert act - full_act == sum(plan.bytes for plan in plans), budget
         assert bw - none_bw == sum(plan.recompute_flops for plan in plans), budget
         tier.assert_grads_match(reference, model)
     assert (none_bw, none_act) != (full_bw, full_act)
