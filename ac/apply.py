@@ -7,6 +7,7 @@ import warnings
 from typing import Any
 
 import torch
+import torch._functorch.config  # not imported by `import torch`; apply_ac sets its budget
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     ActivationWrapper,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -172,6 +174,18 @@ def test_profile_names_the_ops_the_policy_sees():
     torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False, context_fn=contexts)
     flop_ops = [op.op for op in profile.ops if op.flops]
     assert [func for func in seen if func in set(flop_ops)] == flop_ops
+
+
+@pytest.mark.tiers("cpu")
+def test_budget_knob_is_set_in_a_fresh_process():
+    """`import torch` does not import torch._functorch.config; apply_ac must, before setting it."""
+    code = (
+        "from ac import ACConfig, apply_ac; from tests.models import toy; import torch; "
+        "apply_ac(toy.ToyModel(), ACConfig(mode='memory_budget', memory_budget=0.3)); "
+        "print(torch._functorch.config.activation_memory_budget)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "0.3"
 
 
 @pytest.mark.tiers("cpu")
