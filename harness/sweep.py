@@ -141,10 +141,9 @@ def run(models: list[str], device: torch.device, progress: Callable[[str], None]
     for name in models:
         reference = reference_model(name, device)
         rows[name] = []
-        for mode, config in [*MODES.items(), *((f"budget@{m}", None) for m in MATCHED)]:
-            config = config or ACConfig(
-                mode="memory_budget", memory_budget=matched_budget(rows[name], mode[7:])
-            )
+        for mode, config in [*MODES.items(), *((f"budget@{m}", m) for m in MATCHED)]:
+            if isinstance(config, str):  # matched: known once the mode it matches is measured
+                config = ACConfig(mode="memory_budget", memory_budget=matched_budget(rows[name], config))
             figures = measure_mode(name, config, device, reference)
             baseline = figures if not rows[name] else asdict(rows[name][0])
             overhead = figures["backward_flops"] - baseline["backward_flops"]
