@@ -6,6 +6,7 @@ Hooks stay thin; tier rules live in `tiers`, devices in `devices`, the table in
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -38,6 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
         devices.record_visible_gpus()
     else:
         devices.pin_worker(worker["workerid"])
+        _share_cpu_threads(worker["workercount"])
     requested = config.getoption("--tier")
     selected = None
     if requested is not None:
@@ -54,6 +56,14 @@ def pytest_configure(config: pytest.Config) -> None:
             )
     config.stash[SELECTED_KEY] = selected
     config.pluginmanager.register(summary.TierSummary(config, selected), "harness-summary")
+
+
+def _share_cpu_threads(workers: int) -> None:
+    """Split the cores between xdist workers: oversubscribed torch threads spin
+    against each other and made a loaded 2-core run over 100x slower."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def tiers_of(definition: pytest.Function | pytest.Metafunc) -> tuple[str, ...]:
