@@ -35,8 +35,8 @@ test: setup ## run every tier this machine supports (others are reported as not 
 test-cpu: setup ## run the CPU tier (what CI runs on hosted runners)
 	$(PYTEST) --tier cpu -n $(WORKERS) $(PYTEST_ARGS)
 
-test-gpu: setup ## run the gpu and multigpu tiers, one xdist worker per visible GPU
-	$(PYTEST) --tier gpu,multigpu -n "$$($(BIN)/python -m harness gpus)" $(PYTEST_ARGS)
+test-gpu: setup ## run the GPU tiers this host supports (gpu; multigpu with 2+ GPUs), one xdist worker per GPU
+	$(PYTEST) --tier "$$($(BIN)/python -m harness gpu-tiers)" -n "$$($(BIN)/python -m harness gpus)" $(PYTEST_ARGS)
 
 lint: setup ## ruff, workflow schema + zizmor security audit, hadolint on every Dockerfile
 	$(BIN)/ruff check .
