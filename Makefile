@@ -14,18 +14,18 @@ STAMP  := $(VENV)/.installed-$(TORCH_VERSION)
 PYTEST := $(BIN)/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-cpu test-gpu lint bench report clean
+.PHONY: help setup test test-cpu test-gpu lint report bench bench-xdist bench-ranks bench-budget clean
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: TORCH_VERSION=$(TORCH_VERSION) TORCH_PIP_ARGS='$(TORCH_PIP_ARGS)' WORKERS=$(WORKERS) PYTEST_ARGS='$(PYTEST_ARGS)'"
 
-setup: $(STAMP) ## create .venv with torch==$(TORCH_VERSION) and the project (editable, test+dev+report extras)
+setup: $(STAMP) ## create .venv with the pinned torch and the project (editable, with every extra)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS)
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,report]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,report,bench]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -49,15 +49,16 @@ lint: setup ## ruff, workflow schema + zizmor security audit, hadolint on every 
 report: setup ## every AC mode on the reference models: tables on stdout, reports/ac-report.{json,png}
 	$(BIN)/python -m harness report
 
-.PHONY: bench-budget
-bench-budget: setup ## benchmark memory_budget mode: profiling cost per block, solver time, gap to the optimum
-	PYTHONPATH=. $(BIN)/python bench/budget_bench.py
+bench: bench-xdist bench-ranks bench-budget ## run every benchmark (figures go into bench/README.md by hand)
 
-bench: bench-budget
+bench-xdist: setup ## CPU tier wall time, -n 2 against -n 0, side by side
+	$(BIN)/python bench/xdist_speedup.py --workers 2 --repeats 2
 
-bench: setup ## benchmarks (not tests): two-rank tests, harness.ranks pools vs torch's MultiProc* test cases
-	$(BIN)/python -m pip install --quiet expecttest
+bench-ranks: setup ## 40 two-rank tests: harness.ranks pools vs torch's MultiProc* test cases
 	$(BIN)/python bench/ranks_bench.py
+
+bench-budget: setup ## memory_budget mode: profiling cost per block, solver time, gap to the optimum
+	PYTHONPATH=. $(BIN)/python bench/budget_bench.py
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
