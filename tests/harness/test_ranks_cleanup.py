@@ -88,10 +88,21 @@ def _recorded(pids: Path) -> set[int]:
     return {int(p.read_text()) for p in pids.iterdir() if p.read_text()}
 
 
+def _default_sigint() -> None:
+    """A shell's background job starts with SIGINT ignored, and children inherit that: Ctrl-C
+    must reach the inner pytest as it would from a terminal, whoever started this run."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _pytest(pytester: pytest.Pytester, *args: str, **popen) -> subprocess.Popen:
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--tier", "cpu", *args]
     return subprocess.Popen(
-        command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen
+        command,
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_default_sigint,
+        **popen,
     )
 
 
