@@ -8,7 +8,6 @@ before it reaches GitHub.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import matrix, tiers
+from harness import devices, matrix, tiers
 
 pytestmark = pytest.mark.tiers("cpu")
 
@@ -139,27 +138,14 @@ def test_durations_file_names_only_existing_test_files() -> None:
         )
 
 
-def test_later_tier_option_narrows_the_makefile_tier_list() -> None:
+def test_later_tier_option_narrows_the_makefile_tier_list(pytester: pytest.Pytester, monkeypatch) -> None:
     """GPU jobs pass `--tier <name>` after the Makefile's own list; pytest must keep the last."""
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--tier",
-            "no-such-tier",
-            "--tier",
-            "cpu",
-            "--collect-only",
-            "-q",
-            __file__,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in os.environ.items() if k != "GITHUB_STEP_SUMMARY"},
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    monkeypatch.delenv(devices.PHYSICAL_GPUS_ENV, raising=False)
+    pytester.makepyfile(test_one="def test_one(tier):\n    pass\n")
+    result = pytester.runpytest("--tier", "no-such-tier", "--tier", "cpu", "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    assert "test_one.py::test_one[cpu]" in result.stdout.str()
 
 
 # --- workflows ---------------------------------------------------------------------------------
