@@ -25,6 +25,7 @@ LEASE_DIR_ENV = "HARNESS_LEASE_DIR"
 LEASE_LOG_ENV = "HARNESS_LEASE_LOG"
 LEASE_TIMEOUT_ENV = "HARNESS_LEASE_TIMEOUT"
 DEFAULT_LEASE_TIMEOUT_S = 1800.0
+_NVIDIA_DRIVER_GPUS = Path("/proc/driver/nvidia/gpus")
 
 
 class LeaseTimeout(RuntimeError):
@@ -53,6 +54,8 @@ def visible_gpus() -> list[str]:
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
         return [d.strip() for d in listed.split(",") if d.strip()]
+    if not _NVIDIA_DRIVER_GPUS.is_dir():
+        return []  # no NVIDIA driver: no need to pay for importing torch to learn that
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]

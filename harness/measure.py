@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils.flop_counter import FlopCounterMode
 
 Step = Callable[[], torch.Tensor]
@@ -66,6 +65,8 @@ class Memory:
 
 def memory(model: nn.Module, step: Step, inputs: Iterable[torch.Tensor] = ()) -> Memory:
     """Activation bytes after forward and the step's peak bytes, from one MemTracker run."""
+    from torch.distributed._tools.mem_tracker import MemTracker  # pulls in torch.distributed: 1.5 s
+
     tracker = MemTracker()
     tracker.track_external(model)
     with tracker:

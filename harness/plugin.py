@@ -7,12 +7,16 @@ Hooks stay thin; tier rules live in `tiers`, devices in `devices`, the table in
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from harness import devices, summary, tiers
-from harness.env import TierEnv
+
+if TYPE_CHECKING:
+    from harness.env import TierEnv
 
 TIER_PARAM = "_harness_tier"
 SELECTED_KEY = pytest.StashKey[list[str] | None]()
@@ -60,10 +64,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _share_cpu_threads(workers: int) -> None:
     """Split the cores between xdist workers: oversubscribed torch threads spin
-    against each other and made a loaded 2-core run over 100x slower."""
-    import torch
-
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    against each other and made a loaded 2-core run over 100x slower. torch reads
+    OMP_NUM_THREADS when it is first imported, which in a worker is after this."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
 def tiers_of(definition: pytest.Function | pytest.Metafunc) -> tuple[str, ...]:
@@ -136,6 +144,8 @@ def gpus_needed(item: pytest.Item, tier: str) -> int:
 @pytest.fixture
 def tier(request: pytest.FixtureRequest, _harness_tier: str) -> Iterator[TierEnv]:
     """The test's tier environment; GPU tiers hold a device lease meanwhile."""
+    from harness.env import TierEnv  # imports torch: only tests that use a tier pay for it
+
     name = _harness_tier
     device_type, backend = tiers.device_type_for(name), tiers.backend_for(name)
     if tiers.TIERS[name].min_gpus == 0:

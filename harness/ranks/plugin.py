@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from harness import devices, tiers
 from harness import plugin as tier_plugin
 from harness.ranks import calls
-from harness.ranks.pool import PoolKey, PoolRegistry
 from harness.ranks.results import FAILED, SKIPPED, XFAILED
 
+if TYPE_CHECKING:
+    from harness.ranks.pool import PoolRegistry
+
 DEFAULT_DIST_TIMEOUT_S = 120.0
-REGISTRY_KEY = pytest.StashKey[PoolRegistry]()
+REGISTRY_KEY = pytest.StashKey["PoolRegistry | None"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -42,13 +45,23 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "isolated: run a world_size test in fresh ranks instead of a reused pool"
     )
-    config.stash[REGISTRY_KEY] = PoolRegistry(timeout_s=config.getoption("--dist-timeout"))
+    config.stash[REGISTRY_KEY] = None
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     registry = config.stash.get(REGISTRY_KEY, None)
     if registry is not None:
         registry.close_all()
+
+
+def _registry(config: pytest.Config) -> PoolRegistry:
+    """The run's rank pools, made on first use: a run without world_size tests never imports torch here."""
+    registry = config.stash[REGISTRY_KEY]
+    if registry is None:
+        from harness.ranks.pool import PoolRegistry
+
+        registry = config.stash[REGISTRY_KEY] = PoolRegistry(timeout_s=config.getoption("--dist-timeout"))
+    return registry
 
 
 def _sizes(value: object, where: str) -> list[int]:
@@ -117,13 +130,15 @@ def _device_ids(item: pytest.Function, tier: str) -> Iterator[tuple[str, ...]]:
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if pyfuncitem.get_closest_marker("world_size") is None:
         return None
+    from harness.ranks import pool  # imports torch: only runs with world_size tests pay for it
+
     size = pyfuncitem.callspec.params["world_size"]
     tier = tier_plugin.tier_name(pyfuncitem) or "cpu"
     call = calls.make_call(pyfuncitem)
-    registry = pyfuncitem.config.stash[REGISTRY_KEY]
+    registry = _registry(pyfuncitem.config)
     isolated = pyfuncitem.get_closest_marker("isolated") is not None
     with _device_ids(pyfuncitem, tier) as ids:
-        key = PoolKey(size, tiers.backend_for(tier), ids)
+        key = pool.PoolKey(size, tiers.backend_for(tier), ids)
         result = registry.run(key, call, isolated=isolated)
     for report in result.reports:
         if report.output.strip():
