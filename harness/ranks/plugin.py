@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import pytest
 
 from harness import devices, tiers
 from harness import plugin as tier_plugin
 from harness.ranks import calls
+from harness.ranks.pool import PoolKey, PoolRegistry
 from harness.ranks.results import FAILED, SKIPPED, XFAILED
 
-if TYPE_CHECKING:
-    from harness.ranks.pool import PoolRegistry
-
 DEFAULT_DIST_TIMEOUT_S = 120.0
-REGISTRY_KEY = pytest.StashKey["PoolRegistry | None"]()
+REGISTRY_KEY = pytest.StashKey[PoolRegistry]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,23 +42,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "isolated: run a world_size test in fresh ranks instead of a reused pool"
     )
-    config.stash[REGISTRY_KEY] = None
+    config.stash[REGISTRY_KEY] = PoolRegistry(timeout_s=config.getoption("--dist-timeout"))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     registry = config.stash.get(REGISTRY_KEY, None)
     if registry is not None:
         registry.close_all()
-
-
-def _registry(config: pytest.Config) -> PoolRegistry:
-    """The run's rank pools, made on first use: a run without world_size tests never imports torch here."""
-    registry = config.stash[REGISTRY_KEY]
-    if registry is None:
-        from harness.ranks.pool import PoolRegistry
-
-        registry = config.stash[REGISTRY_KEY] = PoolRegistry(timeout_s=config.getoption("--dist-timeout"))
-    return registry
 
 
 def _sizes(value: object, where: str) -> list[int]:
@@ -130,15 +117,13 @@ def _device_ids(item: pytest.Function, tier: str) -> Iterator[tuple[str, ...]]:
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if pyfuncitem.get_closest_marker("world_size") is None:
         return None
-    from harness.ranks import pool  # imports torch: only runs with world_size tests pay for it
-
     size = pyfuncitem.callspec.params["world_size"]
     tier = tier_plugin.tier_name(pyfuncitem) or "cpu"
     call = calls.make_call(pyfuncitem)
-    registry = _registry(pyfuncitem.config)
+    registry = pyfuncitem.config.stash[REGISTRY_KEY]
     isolated = pyfuncitem.get_closest_marker("isolated") is not None
     with _device_ids(pyfuncitem, tier) as ids:
-        key = pool.PoolKey(size, tiers.backend_for(tier), ids)
+        key = PoolKey(size, tiers.backend_for(tier), ids)
         result = registry.run(key, call, isolated=isolated)
     for report in result.reports:
         if report.output.strip():
