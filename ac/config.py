@@ -15,6 +15,13 @@ DEFAULT_FORCE_RECOMPUTE_FQNS = ("moe.router.gate",)
 DETERMINISM_CHECKS = ("default", "none")
 
 
+def check_memory_budget(budget: object, label: str) -> float:
+    """`budget` as a float, or a ValueError that starts with `label` and names the allowed range."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 <= budget <= 1.0:
+        raise ValueError(f"{label} is outside the allowed range [0.0, 1.0]")
+    return float(budget)
+
+
 @dataclass
 class ACConfig:
     """How `apply_ac` checkpoints the blocks of a model.
@@ -50,9 +57,7 @@ class ACConfig:
                 f"ACConfig.selective_ac_option={self.selective_ac_option!r} is not allowed: "
                 'use "op" for per-op SAC or a positive integer string such as "2"'
             )
-        budget = self.memory_budget
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 <= budget <= 1.0:
-            raise ValueError(f"ACConfig.memory_budget={budget!r} is outside the allowed range [0.0, 1.0]")
+        check_memory_budget(self.memory_budget, f"ACConfig.memory_budget={self.memory_budget!r}")
         patterns = self.per_op_sac_force_recompute_mm_shapes_by_fqns
         if isinstance(patterns, str) or not all(isinstance(p, str) and p for p in patterns):
             raise ValueError(

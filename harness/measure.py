@@ -26,7 +26,8 @@ class Flops:
         return self.forward + self.backward
 
 
-def _loss(out: torch.Tensor) -> torch.Tensor:
+def scalar_loss(out: torch.Tensor) -> torch.Tensor:
+    """A step may return logits or a loss; backward needs a scalar."""
     return out if out.dim() == 0 else out.float().sum()
 
 
@@ -37,7 +38,7 @@ def flops(step: Step) -> Flops:
     so counting backward alone would fail to find what forward saved.
     """
     with FlopCounterMode(display=False) as counter:
-        loss = _loss(step())
+        loss = scalar_loss(step())
         forward = counter.get_total_flops()
         loss.backward()
     return Flops(forward, counter.get_total_flops() - forward)
@@ -70,7 +71,7 @@ def memory(model: nn.Module, step: Step, inputs: Iterable[torch.Tensor] = ()) ->
     tracker = MemTracker()
     tracker.track_external(model)
     with tracker:
-        loss = _loss(step())
+        loss = scalar_loss(step())
         snapshot = tracker.get_tracker_snapshot("current")
         held = sum(per_device.get("Activation", 0) for per_device in snapshot.values())
         loss.backward()
@@ -82,7 +83,7 @@ def cuda_activation_bytes(step: Step) -> int:
     """Bytes the CUDA caching allocator handed out during forward and still holds."""
     torch.cuda.synchronize()
     before = torch.cuda.memory_stats()["requested_bytes.all.current"]
-    loss = _loss(step())
+    loss = scalar_loss(step())
     torch.cuda.synchronize()
     held = torch.cuda.memory_stats()["requested_bytes.all.current"] - before
     loss.backward()
@@ -94,7 +95,7 @@ def cuda_peak_bytes(step: Step) -> int:
     torch.cuda.synchronize()
     start = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    _loss(step()).backward()
+    scalar_loss(step()).backward()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - start
 

@@ -34,14 +34,9 @@ class TierSummary:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         name = dict(report.user_properties).get("harness_tier")
-        if name is None or (report.when != "call" and report.passed):
-            if name is not None and report.when == "setup":
-                self.outcomes.setdefault(report.nodeid, (name, "passed"))
-            return
-        outcome = report.outcome
-        previous = self.outcomes.get(report.nodeid, (name, "passed"))[1]
-        if _RANK[outcome] >= _RANK[previous]:
-            self.outcomes[report.nodeid] = (name, outcome)
+        if name is not None:
+            previous = self.outcomes.get(report.nodeid, (name, "passed"))[1]
+            self.outcomes[report.nodeid] = (name, max(previous, report.outcome, key=_RANK.__getitem__))
 
     def rows(self) -> list[list[str]]:
         selected = self.selected

@@ -32,12 +32,13 @@ MATCHED = ("op", "layer-2")
 Built = tuple[nn.Module, measure.Step, list[torch.Tensor]]
 
 
-def _toy(device: torch.device) -> Built:
-    from tests.models import toy
+def toy(device: torch.device, n_blocks: int = 1) -> Built:
+    """torchtitan's toy (tests/models/toy.py) and its input."""
+    from tests.models.toy import ToyModel, toy_input
 
     torch.manual_seed(0)
-    model = toy.ToyModel().to(device)
-    x = toy.toy_input(device)
+    model = ToyModel(n_blocks=n_blocks).to(device)
+    x = toy_input(device)
     return model, lambda: model(x), [x]
 
 
@@ -54,7 +55,7 @@ def _moe(size: str) -> Callable[[torch.device], Built]:
 
 
 MODELS: dict[str, Callable[[torch.device], Built]] = {
-    "toy": _toy,
+    "toy": toy,
     "moe-tiny": _moe("tiny"),
     "moe-small": _moe("small"),
     "moe-medium": _moe("medium"),
@@ -126,7 +127,7 @@ def _step_ms(step: measure.Step, warmup: int = 2, runs: int = 5) -> float:
     for i in range(warmup + runs):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        measure._loss(step()).backward()
+        measure.scalar_loss(step()).backward()
         end.record()
         torch.cuda.synchronize()
         if i >= warmup:

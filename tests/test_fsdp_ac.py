@@ -23,6 +23,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.utils.flop_counter import FlopCounterMode
 
 from ac import ACConfig, apply_ac
+from tests.ac_configs import MOE_CONFIGS
 from tests.models import moe
 
 MIN_TORCH = (2, 9)
@@ -34,15 +35,9 @@ if _installed < MIN_TORCH:
         "or failure here would say nothing about AC"
     )
 
-MODES = {
-    "none": ACConfig(mode="none"),
-    "full": ACConfig(mode="full"),
-    "selective-2": ACConfig(mode="selective", selective_ac_option="2"),
-    "op": ACConfig(mode="selective", selective_ac_option="op"),
-    "memory_budget": ACConfig(mode="memory_budget", memory_budget=0.5),
-}
+MODES = {name: MOE_CONFIGS[name] for name in ("none", "full", "layer-2", "op", "memory_budget")}
 # Whether a mode's backward recomputes part of the forward (memory_budget: the budget decides).
-RECOMPUTES = {"none": False, "full": True, "selective-2": True, "op": True}
+RECOMPUTES = {"none": False, "full": True, "layer-2": True, "op": True}
 SIZES = [2, 4, 8]
 PER_RANK_BATCH = 2
 STEPS = 3
@@ -80,8 +75,7 @@ def _sharded(config: ACConfig, args: moe.MoEArgs, device: torch.device, seed: in
     return model
 
 
-def _my_slice(world_size: int) -> slice:
-    rank = dist.get_rank()
+def _rank_slice(rank: int) -> slice:
     return slice(rank * PER_RANK_BATCH, (rank + 1) * PER_RANK_BATCH)
 
 
@@ -111,12 +105,12 @@ def test_sharded_training_matches_one_process(tier, world_size, mode):
     reference = moe.build(args, device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     ref_optimizer = torch.optim.SGD(reference.parameters(), lr=LR)
-    mine = _my_slice(world_size)
+    mine = _rank_slice(dist.get_rank())
     tol = TOLERANCES[device.type]
+    slices = [_rank_slice(rank) for rank in range(world_size)]
     for step in range(STEPS):
         loss = moe.loss_fn(model(tokens[mine]), targets[mine])
         loss.backward()
-        slices = [slice(r * PER_RANK_BATCH, (r + 1) * PER_RANK_BATCH) for r in range(world_size)]
         ref_loss = sum(moe.loss_fn(reference(tokens[s]), targets[s]) for s in slices) / world_size
         ref_loss.backward()
         mean_loss = loss.detach().clone()
@@ -152,7 +146,7 @@ def test_recompute_per_rank_matches_single_device(tier, world_size, mode):
     and gradient division count zero), so per-op totals are compared exactly."""
     args, device = _args(world_size), tier.device
     tokens, targets = moe.batch(args, device=device)
-    mine = _my_slice(world_size)
+    mine = _rank_slice(dist.get_rank())
     with _restored_compile_budget():
         sharded = _sharded(MODES[mode], args, device)
         single = apply_ac(moe.build(args, device=device), MODES[mode])
@@ -167,20 +161,16 @@ def test_recompute_per_rank_matches_single_device(tier, world_size, mode):
     assert (got[1] > no_ac[1]) == expected, f"backward {got[1]} vs no-AC {no_ac[1]}"
 
 
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return get_model_state_dict(model)
-
-
 @multi_rank
 @pytest.mark.parametrize(("saved_with", "loaded_with"), [("op", "none"), ("none", "full")])
 def test_sharded_checkpoint_loads_with_ac_on_or_off(tier, world_size, tmp_path, saved_with, loaded_with):
     args, device = _args(world_size), tier.device
     tokens, targets = moe.batch(args, device=device)
-    mine = _my_slice(world_size)
+    mine = _rank_slice(dist.get_rank())
     source = _sharded(MODES[saved_with], args, device, seed=0)
     moe.loss_fn(source(tokens[mine]), targets[mine]).backward()
     torch.optim.SGD(source.parameters(), lr=LR).step()
-    state = _state(source)
+    state = get_model_state_dict(source)
     assert not [key for key in state if WRAPPER_PREFIX in key]
     assert state.keys() == moe.build(args).state_dict().keys()
     dcp.save(state, checkpoint_id=tmp_path / "ckpt")
@@ -189,7 +179,7 @@ def test_sharded_checkpoint_loads_with_ac_on_or_off(tier, world_size, tmp_path, 
     assert not torch.equal(
         _named(target, grads=False)["output.weight"], _named(source, grads=False)["output.weight"]
     )
-    loaded = _state(target)
+    loaded = get_model_state_dict(target)
     dcp.load(loaded, checkpoint_id=tmp_path / "ckpt")
     set_model_state_dict(target, loaded)
     want, got = _named(source, grads=False), _named(target, grads=False)

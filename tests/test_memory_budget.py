@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import subprocess
 import sys
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -23,36 +23,15 @@ from ac.budget import (
     solve,
 )
 from ac.budget.solver import budget_bytes
-from tests.models import moe, toy
+from harness import sweep
+from tests.models import toy
 
 BUDGETS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 NO_EARLY_STOP = {"early_stop": False}  # every non-saved op is recomputed once: flops are exact
 
 
-def _toy(device: torch.device) -> tuple[nn.Module, Callable[[], torch.Tensor], torch.Tensor]:
-    torch.manual_seed(0)
-    model = toy.ToyModel(n_blocks=2).to(device)
-    x = toy.toy_input(device)
-    return model, lambda: model(x), x
-
-
-def _moe(device: torch.device) -> tuple[nn.Module, Callable[[], torch.Tensor], torch.Tensor]:
-    args = moe.SIZES["tiny"]
-    model = moe.build(args, device=device)
-    tokens, targets = moe.batch(args, device=device)
-    return model, lambda: moe.loss_fn(model(tokens), targets), tokens
-
-
-MODELS = {"toy": _toy, "moe-tiny": _moe}
-
-
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """These tests count flops and bytes; one thread avoids OpenMP stalls on a busy 2-core runner."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Two toy blocks, so blocks of one structure share a budget; the report's moe-tiny as it is.
+MODELS = {"toy": functools.partial(sweep.toy, n_blocks=2), "moe-tiny": sweep.MODELS["moe-tiny"]}
 
 
 def _run(tier, build, config: ACConfig) -> tuple[nn.Module, int, int]:
@@ -106,7 +85,7 @@ def test_no_more_recompute_than_op_or_layer_sac_at_equal_memory(tier, name):
 def _block_profile(name: str) -> BlockProfile:
     model, _, inputs = MODELS[name](torch.device("cpu"))
     block = model.layers["0"]
-    block_input = inputs if name == "toy" else model.tok_embeddings(inputs)
+    block_input = inputs[0] if name == "toy" else model.tok_embeddings(inputs[0])
     return profile_block(block, (block_input,), {})
 
 
@@ -139,7 +118,7 @@ def test_budget_ends_are_full_ac_and_no_ac():
 
 @pytest.mark.tiers("cpu")
 def test_profile_cache_is_hit_by_identical_blocks():
-    model, step, _ = _moe(torch.device("cpu"))
+    model, step, _ = MODELS["moe-tiny"](torch.device("cpu"))
     apply_ac(model, ACConfig(mode="memory_budget", memory_budget=0.5))
     step()
     profiles = _budget_checkpoint(model).profiles
@@ -159,7 +138,7 @@ def test_profile_cache_misses_on_a_new_input_shape():
 
 @pytest.mark.tiers("cpu")
 def test_profile_names_the_ops_the_policy_sees():
-    model, _, inputs = _moe(torch.device("cpu"))
+    model, _, inputs = MODELS["moe-tiny"](torch.device("cpu"))
     profile = _block_profile("moe-tiny")
     seen = []
     policy = make_budget_policy(frozenset())
@@ -170,7 +149,7 @@ def test_profile_names_the_ops_the_policy_sees():
 
     block = model.layers["0"]
     contexts = lambda: torch.utils.checkpoint.create_selective_checkpoint_contexts(recording)  # noqa: E731
-    h = model.tok_embeddings(inputs)
+    h = model.tok_embeddings(inputs[0])
     torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False, context_fn=contexts)
     flop_ops = [op.op for op in profile.ops if op.flops]
     assert [func for func in seen if func in set(flop_ops)] == flop_ops
@@ -190,7 +169,7 @@ def test_budget_knob_is_set_in_a_fresh_process():
 
 @pytest.mark.tiers("cpu")
 def test_compiled_forward_bypasses_the_eager_policy(monkeypatch):
-    model, step, _ = _moe(torch.device("cpu"))
+    model, step, _ = MODELS["moe-tiny"](torch.device("cpu"))
     apply_ac(model, ACConfig(mode="memory_budget", memory_budget=0.3))
     assert torch._functorch.config.activation_memory_budget == 0.3
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)

@@ -54,8 +54,7 @@ def test_toy_report_reproduces_reference_and_writes_json(tmp_path, capsys):
 
 
 def test_plot_draws_a_png(tmp_path):
-    pytest.importorskip("matplotlib")
-    from harness.plot import plot
+    from harness.plot import plot  # needs matplotlib, which `make setup` installs
 
     rows = [_row("none", 0.0, 100 * MIB), _row("full", 30.0, 0), _row("budget-0.5", 10.0, 40 * MIB)]
     data = {"rows": [vars(r) for r in rows], "pareto": report.pareto(rows)}

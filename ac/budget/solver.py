@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ac.budget.profile import BlockProfile, OpCost
+from ac.config import check_memory_budget
 
 OpKey = tuple[torch._ops.OpOverload, int]
 State = tuple[int, int, Any]  # (bytes held, flops not recomputed, what achieves them)
@@ -40,9 +41,7 @@ class Plan:
 
 def check_budget(budget: float) -> float:
     """`budget` as a float, or a ValueError naming it and the allowed range."""
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 <= budget <= 1.0:
-        raise ValueError(f"memory budget {budget!r} is outside the allowed range [0.0, 1.0]")
-    return float(budget)
+    return check_memory_budget(budget, f"memory budget {budget!r}")
 
 
 def budget_bytes(profile: BlockProfile, budget: float) -> int:

@@ -46,14 +46,10 @@ class Call:
 def make_call(item: pytest.Function) -> Call:
     """Describe `item` so a rank can run it; fails naming a fixture that cannot be pickled."""
     funcargs = {name: item.funcargs[name] for name in item._fixtureinfo.argnames}
-    for name, value in funcargs.items():
-        try:
-            pickle.dumps(value)
-        except Exception as error:
-            raise TypeError(
-                f"fixture or parameter {name!r} ({type(value).__name__}) cannot be pickled into the ranks "
-                f"of a world_size test: {error}"
-            ) from error
+    try:
+        pickled = pickle.dumps(funcargs)
+    except Exception as error:
+        raise TypeError(_unpicklable(funcargs, error)) from error
     style = item.config.getoption("tbstyle", "auto")
     return Call(
         nodeid=item.nodeid,
@@ -61,11 +57,24 @@ def make_call(item: pytest.Function) -> Call:
         path=str(item.path),
         cls=item.cls.__qualname__ if item.cls is not None else None,
         name=item.function.__name__,
-        funcargs=pickle.dumps(funcargs),
+        funcargs=pickled,
         sys_path=tuple(sys.path),
         environ=dict(os.environ),
         tbstyle=style,
     )
+
+
+def _unpicklable(funcargs: dict[str, Any], error: Exception) -> str:
+    """Name the fixture that failed to pickle (only searched for once pickling has failed)."""
+    for name, value in funcargs.items():
+        try:
+            pickle.dumps(value)
+        except Exception:
+            return (
+                f"fixture or parameter {name!r} ({type(value).__name__}) cannot be pickled into the ranks "
+                f"of a world_size test: {error}"
+            )
+    return f"the arguments of this world_size test cannot be pickled into its ranks: {error}"
 
 
 def _load_module(name: str, path: str) -> types.ModuleType:
