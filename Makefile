@@ -58,7 +58,7 @@ bench-ranks: setup ## 40 two-rank tests: harness.ranks pools vs torch's MultiPro
 	$(BIN)/python bench/ranks_bench.py
 
 bench-budget: setup ## memory_budget mode: profiling cost per block, solver time, gap to the optimum
-	PYTHONPATH=. $(BIN)/python bench/budget_bench.py
+	$(BIN)/python bench/budget_bench.py
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -6,7 +6,7 @@ three later ones), solves the knapsack at a few budgets and compares its
 recompute flops with exhaustive search over every subset of candidate ops. A
 synthetic 48-op block times the solver alone.
 
-    PYTHONPATH=. .venv/bin/python bench/budget_bench.py
+    .venv/bin/python bench/budget_bench.py
 """
 
 from __future__ import annotations
@@ -22,18 +22,17 @@ import torch
 
 from ac.budget import BlockProfile, OpCost, exhaustive, profile_block, solve
 from ac.budget.solver import MAX_EXHAUSTIVE, candidates
-from tests.models import moe, toy
+from harness import models
+from harness.models import toy
 
 BUDGETS = (0.1, 0.25, 0.5, 0.75)
 
 
 def _blocks() -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
-    blocks = {"toy": (toy.ToyBlock(), toy.toy_input())}
-    for size in ("tiny", "small", "medium"):
-        args = moe.SIZES[size]
-        model = moe.build(args)
-        tokens, _ = moe.batch(args)
-        blocks[f"moe-{size}"] = (model.layers["0"], model.tok_embeddings(tokens))
+    blocks = {}
+    for name in models.MODELS:
+        built = models.build(name)
+        blocks[name] = (built.model.layers["0"], built.block_input())
     return blocks
 
 

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-MIB = 2**20
+from harness.units import MIB
 
 
 def plot(report: dict[str, Any], path: Path) -> None:

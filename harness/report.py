@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from harness.sweep import Row
 
-MIB = 2**20
-MODEL_NAMES = ("toy", "moe-tiny", "moe-small", "moe-medium")
-# moe-medium doubles a CPU run's time (about a minute on 2 cores); ask for it by name.
-DEFAULT_MODELS = MODEL_NAMES[:3]
+from harness.models import MODELS
+from harness.units import MIB
+
+DEFAULT_MODELS = [name for name, spec in MODELS.items() if spec.in_default_report]
 
 
 def pareto(rows: list[Row]) -> list[str]:
@@ -78,7 +78,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--models",
         default=",".join(DEFAULT_MODELS),
-        help=f"comma list from {list(MODEL_NAMES)} (default: %(default)s)",
+        help=f"comma list from {list(MODELS)} (default: %(default)s)",
     )
     parser.add_argument(
         "--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: best available"
@@ -89,9 +89,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     models = [m for m in args.models.split(",") if m]
-    unknown = [m for m in models if m not in MODEL_NAMES]
+    unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
-        raise ValueError(f"--models {args.models!r}: unknown {unknown}; allowed are {list(MODEL_NAMES)}")
+        raise ValueError(f"--models {args.models!r}: unknown {unknown}; allowed are {list(MODELS)}")
     import torch
 
     from harness.sweep import device_for, run

@@ -15,51 +15,11 @@ import torch
 from torch import nn
 
 from ac import ACConfig, apply_ac
-from harness import measure
+from harness import measure, models
+from harness.modes import MODES
 
-BUDGETS = (0.1, 0.25, 0.5, 0.75)
-MODES: dict[str, ACConfig] = {
-    "none": ACConfig(mode="none"),
-    "full": ACConfig(mode="full"),
-    "layer-1": ACConfig(selective_ac_option="1"),
-    "layer-2": ACConfig(selective_ac_option="2"),
-    "op": ACConfig(selective_ac_option="op"),
-    "op-no-force": ACConfig(selective_ac_option="op", per_op_sac_force_recompute_mm_shapes_by_fqns=[]),
-    **{f"budget-{b}": ACConfig(mode="memory_budget", memory_budget=b) for b in BUDGETS},
-}
 # Budget runs that hold what these modes hold, to compare recompute at equal memory.
 MATCHED = ("op", "layer-2")
-Built = tuple[nn.Module, measure.Step, list[torch.Tensor]]
-
-
-def toy(device: torch.device, n_blocks: int = 1) -> Built:
-    """torchtitan's toy (tests/models/toy.py) and its input."""
-    from tests.models.toy import ToyModel, toy_input
-
-    torch.manual_seed(0)
-    model = ToyModel(n_blocks=n_blocks).to(device)
-    x = toy_input(device)
-    return model, lambda: model(x), [x]
-
-
-def _moe(size: str) -> Callable[[torch.device], Built]:
-    def build(device: torch.device) -> Built:
-        from tests.models import moe
-
-        args = moe.SIZES[size]
-        model = moe.build(args, device=device)
-        tokens, targets = moe.batch(args, device=device)
-        return model, lambda: moe.loss_fn(model(tokens), targets), [tokens]
-
-    return build
-
-
-MODELS: dict[str, Callable[[torch.device], Built]] = {
-    "toy": toy,
-    "moe-tiny": _moe("tiny"),
-    "moe-small": _moe("small"),
-    "moe-medium": _moe("medium"),
-}
 
 
 @dataclass(frozen=True)
@@ -85,7 +45,8 @@ def measure_mode(
     Flops come first, so the memory passes run with gradients already allocated,
     as in training: their peak then shows activations, not the first gradients.
     """
-    model, step, inputs = MODELS[name](device)
+    built = models.build(name, device)
+    model, step, inputs = built.model, built.step, built.inputs
     apply_ac(model, config)
     flops = measure.flops(step)
     figures: dict[str, object] = {
@@ -108,9 +69,9 @@ def reference_model(name: str, device: torch.device) -> nn.Module:
     The step runs under the same FlopCounterMode as every mode's: under a Python
     dispatch mode embedding backward takes another path, 1e-9 off a plain step.
     """
-    model, step, _ = MODELS[name](device)
-    measure.flops(step)
-    return model
+    built = models.build(name, device)
+    measure.flops(built.step)
+    return built.model
 
 
 def _grads_equal(expected: nn.Module, actual: nn.Module) -> bool:
@@ -135,11 +96,11 @@ def _step_ms(step: measure.Step, warmup: int = 2, runs: int = 5) -> float:
     return statistics.median(times)
 
 
-def run(models: list[str], device: torch.device, progress: Callable[[str], None]) -> dict[str, list[Row]]:
+def run(names: list[str], device: torch.device, progress: Callable[[str], None]) -> dict[str, list[Row]]:
     """Every mode on every model, "none" first; `progress` gets one line per measurement."""
     rows: dict[str, list[Row]] = {}
-    total, started = len(models) * (len(MODES) + len(MATCHED)), time.perf_counter()
-    for name in models:
+    total, started = len(names) * (len(MODES) + len(MATCHED)), time.perf_counter()
+    for name in names:
         reference = reference_model(name, device)
         rows[name] = []
         for mode, config in [*MODES.items(), *((f"budget@{m}", m) for m in MATCHED)]:

@@ -9,8 +9,8 @@ import tomllib
 from torch import nn
 
 from ac import ACConfig, apply_ac
-from tests.models.moe import MoEArgs, build
-from tests.models.toy import ToyModel
+from harness.models.moe import MoEArgs, build
+from harness.models.toy import ToyModel
 
 pytestmark = pytest.mark.tiers("cpu")
 

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from ac import ACConfig, apply_ac
-from tests.ac_configs import TOY_CONFIGS
-from tests.models.toy import DIM, FLOP_UNIT, REFERENCE, ToyModel, toy_input
-
-MIB = 2**20
+from harness.models.toy import DIM, FLOP_UNIT, REFERENCE, ToyModel, toy_input
+from harness.modes import MODES
+from harness.units import MIB
 
 
 def _measure_toy(tier, config: ACConfig, **model_kwargs) -> tuple[float, float]:
@@ -25,14 +24,15 @@ def _measure_toy(tier, config: ACConfig, **model_kwargs) -> tuple[float, float]:
 
 @pytest.mark.parametrize("name", list(REFERENCE))
 def test_toy_matches_torchtitan_reference(tier, name):
-    backward_units, act_mib = _measure_toy(tier, TOY_CONFIGS[name])
+    backward_units, act_mib = _measure_toy(tier, MODES[name])
     assert (backward_units, round(act_mib, 3)) == REFERENCE[name]
 
 
 def test_forward_flops_do_not_depend_on_ac(tier):
     x = toy_input(tier.device)
     forwards = {}
-    for name, config in TOY_CONFIGS.items():
+    for name in REFERENCE:
+        config = MODES[name]
         model = apply_ac(ToyModel().to(tier.device), config)
         forwards[name] = tier.flops(functools.partial(model, x)).forward
     assert set(forwards.values()) == {4 * FLOP_UNIT}, forwards
@@ -40,16 +40,14 @@ def test_forward_flops_do_not_depend_on_ac(tier):
 
 def test_biased_router_is_still_forced(tier):
     """A Linear with bias dispatches addmm, whose weight operand is args[2]."""
-    forced = TOY_CONFIGS["op+gate"]
-    unforced = TOY_CONFIGS["op"]
-    assert _measure_toy(tier, forced, router_bias=True)[0] == REFERENCE["op+gate"][0]
+    assert _measure_toy(tier, MODES["op"], router_bias=True)[0] == REFERENCE["op"][0]
     # Without forcing, the biased addmm is still counted as the first matmul.
-    assert _measure_toy(tier, unforced, router_bias=True)[0] == REFERENCE["op"][0]
+    assert _measure_toy(tier, MODES["op-no-force"], router_bias=True)[0] == REFERENCE["op-no-force"][0]
 
 
 @pytest.mark.parametrize("name", list(REFERENCE))
 def test_several_blocks_scale_linearly(tier, name):
-    backward_units, act_mib = _measure_toy(tier, TOY_CONFIGS[name], n_blocks=3)
+    backward_units, act_mib = _measure_toy(tier, MODES[name], n_blocks=3)
     want_flops, want_mib = REFERENCE[name]
     assert backward_units == 3 * want_flops
     # Every block reads the same input, so only per-block activations add up.
@@ -60,7 +58,7 @@ def test_several_blocks_scale_linearly(tier, name):
 def test_toy_gradients_match_no_ac(tier, name):
     torch.manual_seed(0)
     reference = ToyModel(n_blocks=2).to(tier.device)
-    model = apply_ac(copy.deepcopy(reference), TOY_CONFIGS[name])
+    model = apply_ac(copy.deepcopy(reference), MODES[name])
     x = torch.randn(64, DIM, device=tier.device)
     inputs = [x.clone().requires_grad_(True) for _ in range(2)]
     reference(inputs[0]).backward()

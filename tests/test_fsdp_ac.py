@@ -23,8 +23,8 @@ from torch.distributed.fsdp import fully_shard
 from torch.utils.flop_counter import FlopCounterMode
 
 from ac import ACConfig, apply_ac
-from tests.ac_configs import MOE_CONFIGS
-from tests.models import moe
+from harness.models import moe
+from harness.modes import MODES as NAMED_MODES
 
 MIN_TORCH = (2, 9)
 _installed = tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", torch.__version__).groups())
@@ -35,8 +35,8 @@ if _installed < MIN_TORCH:
         "or failure here would say nothing about AC"
     )
 
-MODES = {name: MOE_CONFIGS[name] for name in ("none", "full", "layer-2", "op", "memory_budget")}
-# Whether a mode's backward recomputes part of the forward (memory_budget: the budget decides).
+MODES = {name: NAMED_MODES[name] for name in ("none", "full", "layer-2", "op", "budget-0.5")}
+# Whether a mode's backward recomputes part of the forward (a budget: the budget decides).
 RECOMPUTES = {"none": False, "full": True, "layer-2": True, "op": True}
 SIZES = [2, 4, 8]
 PER_RANK_BATCH = 2
@@ -154,7 +154,7 @@ def test_recompute_per_rank_matches_single_device(tier, world_size, mode):
     want = _flops(single, tokens[mine], targets[mine])
     assert got == want
     expected = RECOMPUTES.get(mode)
-    if expected is None:  # memory_budget: what it recomputes depends on the budget and profile
+    if expected is None:  # a budget: what it recomputes depends on the budget and profile
         return
     no_ac = _flops(moe.build(args, device=device), tokens[mine], targets[mine])
     assert got[0] == no_ac[0], "AC must not change forward flops"

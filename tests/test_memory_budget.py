@@ -23,20 +23,24 @@ from ac.budget import (
     solve,
 )
 from ac.budget.solver import budget_bytes
-from harness import sweep
-from tests.models import toy
+from harness import models
+from harness.models import toy
 
 BUDGETS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 NO_EARLY_STOP = {"early_stop": False}  # every non-saved op is recomputed once: flops are exact
 
 
 # Two toy blocks, so blocks of one structure share a budget; the report's moe-tiny as it is.
-MODELS = {"toy": functools.partial(sweep.toy, n_blocks=2), "moe-tiny": sweep.MODELS["moe-tiny"]}
+MODELS = {
+    "toy": functools.partial(models.build_toy, n_blocks=2),
+    "moe-tiny": models.MODELS["moe-tiny"].build,
+}
 
 
 def _run(tier, build, config: ACConfig) -> tuple[nn.Module, int, int]:
     """(model, recompute-free backward flops, activation bytes) with `config` applied."""
-    model, step, inputs = build(tier.device)
+    built = build(tier.device)
+    model, step, inputs = built.model, built.step, built.inputs
     apply_ac(model, config)
     flops = tier.flops(step)
     model_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -83,10 +87,8 @@ def test_no_more_recompute_than_op_or_layer_sac_at_equal_memory(tier, name):
 
 
 def _block_profile(name: str) -> BlockProfile:
-    model, _, inputs = MODELS[name](torch.device("cpu"))
-    block = model.layers["0"]
-    block_input = inputs[0] if name == "toy" else model.tok_embeddings(inputs[0])
-    return profile_block(block, (block_input,), {})
+    built = MODELS[name](torch.device("cpu"))
+    return profile_block(built.model.layers["0"], (built.block_input(),), {})
 
 
 def _random_profile(seed: int, n_ops: int = 16) -> BlockProfile:
@@ -118,7 +120,8 @@ def test_budget_ends_are_full_ac_and_no_ac():
 
 @pytest.mark.tiers("cpu")
 def test_profile_cache_is_hit_by_identical_blocks():
-    model, step, _ = MODELS["moe-tiny"](torch.device("cpu"))
+    built = MODELS["moe-tiny"](torch.device("cpu"))
+    model, step = built.model, built.step
     apply_ac(model, ACConfig(mode="memory_budget", memory_budget=0.5))
     step()
     profiles = _budget_checkpoint(model).profiles
@@ -138,7 +141,7 @@ def test_profile_cache_misses_on_a_new_input_shape():
 
 @pytest.mark.tiers("cpu")
 def test_profile_names_the_ops_the_policy_sees():
-    model, _, inputs = MODELS["moe-tiny"](torch.device("cpu"))
+    built = MODELS["moe-tiny"](torch.device("cpu"))
     profile = _block_profile("moe-tiny")
     seen = []
     policy = make_budget_policy(frozenset())
@@ -147,10 +150,9 @@ def test_profile_names_the_ops_the_policy_sees():
         seen.append(func)
         return policy(ctx, func, *args, **kwargs)
 
-    block = model.layers["0"]
+    block = built.model.layers["0"]
     contexts = lambda: torch.utils.checkpoint.create_selective_checkpoint_contexts(recording)  # noqa: E731
-    h = model.tok_embeddings(inputs[0])
-    torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False, context_fn=contexts)
+    torch.utils.checkpoint.checkpoint(block, built.block_input(), use_reentrant=False, context_fn=contexts)
     flop_ops = [op.op for op in profile.ops if op.flops]
     assert [func for func in seen if func in set(flop_ops)] == flop_ops
 
@@ -159,7 +161,7 @@ def test_profile_names_the_ops_the_policy_sees():
 def test_budget_knob_is_set_in_a_fresh_process():
     """`import torch` does not import torch._functorch.config; apply_ac must, before setting it."""
     code = (
-        "from ac import ACConfig, apply_ac; from tests.models import toy; import torch; "
+        "from ac import ACConfig, apply_ac; from harness.models import toy; import torch; "
         "apply_ac(toy.ToyModel(), ACConfig(mode='memory_budget', memory_budget=0.3)); "
         "print(torch._functorch.config.activation_memory_budget)"
     )
@@ -169,7 +171,8 @@ def test_budget_knob_is_set_in_a_fresh_process():
 
 @pytest.mark.tiers("cpu")
 def test_compiled_forward_bypasses_the_eager_policy(monkeypatch):
-    model, step, _ = MODELS["moe-tiny"](torch.device("cpu"))
+    built = MODELS["moe-tiny"](torch.device("cpu"))
+    model, step = built.model, built.step
     apply_ac(model, ACConfig(mode="memory_budget", memory_budget=0.3))
     assert torch._functorch.config.activation_memory_budget == 0.3
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)

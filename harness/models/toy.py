@@ -1,4 +1,4 @@
-"""torchtitan's activation-checkpointing unit-test toy, rebuilt for our tests.
+"""torchtitan's activation-checkpointing unit-test toy, rebuilt.
 
 One block: gate (512x512) -> wq (512x512) -> output (512x1024), no bias, and
 the loss is the sum of the output. Its flop and memory figures per AC mode are
@@ -44,13 +44,14 @@ def toy_input(device: torch.device | str = "cpu") -> torch.Tensor:
 
 
 # Backward flops in units of 2*512^3 (one 512^3 matmul) and activation MiB held
-# after forward, for one block. "op" forces nothing; "op+gate" is the default
-# (router forced, and wq shares its shape); "op+output" forces the output.
+# after forward, for one block, by `harness.modes` name: "op-no-force" forces
+# nothing; "op" is the default (router forced, and wq shares its shape);
+# "op-force-output" forces the output.
 FLOP_UNIT = 2 * DIM**3
 REFERENCE = {
     "none": (8, 2),
-    "op": (9, 3),
-    "op+gate": (10, 2),
-    "op+output": (11, 1),
+    "op-no-force": (9, 3),
+    "op": (10, 2),
+    "op-force-output": (11, 1),
     "full": (12, 0),
 }

@@ -1,0 +1,3 @@
+"""Units shared by the report, the plot, the tests and the benchmarks."""
+
+MIB = 2**20

@@ -1,1 +1,0 @@
-"""Reference models shared by the tests, the benchmarks and the AC report."""
