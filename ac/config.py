@@ -13,6 +13,7 @@ from typing import Any
 MODES = ("none", "full", "selective", "memory_budget")
 DEFAULT_FORCE_RECOMPUTE_FQNS = ("moe.router.gate",)
 DETERMINISM_CHECKS = ("default", "none")
+BOOL_FIELDS = ("preserve_rng_state", "early_stop", "debug")
 
 
 def check_memory_budget(budget: object, label: str) -> float:
@@ -34,6 +35,8 @@ class ACConfig:
         `nn.Linear`s whose matmuls op-SAC always recomputes (MoE routers by
         default: their output is tiny to recompute but blocks expert dispatch).
     memory_budget: fraction of no-AC activation memory to keep, in [0, 1].
+    preserve_rng_state: replay random ops (dropout) exactly in the recompute;
+        without it gradients of blocks that draw random numbers are wrong.
     """
 
     mode: str = "selective"
@@ -41,13 +44,17 @@ class ACConfig:
     per_op_sac_force_recompute_mm_shapes_by_fqns: list[str] = field(
         default_factory=lambda: list(DEFAULT_FORCE_RECOMPUTE_FQNS)
     )
-    preserve_rng_state: bool = False
+    preserve_rng_state: bool = True
     early_stop: bool = False
     memory_budget: float = 0.5
     determinism_check: str = "default"
     debug: bool = False
 
     def __post_init__(self) -> None:
+        for name in BOOL_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"ACConfig.{name}={value!r} must be a bool (true or false)")
         if self.mode not in MODES:
             raise ValueError(f"ACConfig.mode={self.mode!r} is not one of {list(MODES)}")
         if isinstance(self.selective_ac_option, int) and not isinstance(self.selective_ac_option, bool):

@@ -57,11 +57,21 @@ def test_from_dict_rejects_unknown_keys_naming_them():
         ({"memory_budget": "half"}, r"memory_budget='half'"),
         ({"per_op_sac_force_recompute_mm_shapes_by_fqns": "moe.router.gate"}, r"must be a list"),
         ({"determinism_check": "strict"}, r"determinism_check='strict'"),
+        ({"preserve_rng_state": "yes"}, r"preserve_rng_state='yes' must be a bool"),
+        ({"preserve_rng_state": 1}, r"preserve_rng_state=1 must be a bool"),
+        ({"early_stop": None}, r"early_stop=None must be a bool"),
+        ({"debug": "false"}, r"debug='false' must be a bool"),
     ],
 )
 def test_bad_config_values_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ACConfig(**kwargs)
+
+
+def test_rng_state_is_preserved_by_default():
+    """torchtitan's default since 2026 and torch's own: dropout gradients are exact."""
+    assert ACConfig().preserve_rng_state is True
+    assert ACConfig.from_dict({"mode": "full"}).preserve_rng_state is True
 
 
 def test_budget_edges_are_allowed():
