@@ -6,18 +6,17 @@ import functools
 import warnings
 from typing import Any
 
-import torch
-import torch._functorch.config  # not imported by `import torch`; apply_ac sets its budget
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     ActivationWrapper,
     checkpoint_wrapper,
 )
-from torch.utils.checkpoint import create_selective_checkpoint_contexts
+from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
 from ac.budget import BudgetCheckpoint
 from ac.config import ACConfig
 from ac.policy import Shape, make_op_sac_policy
+from ac.rng import RandomOpWarning
 
 BLOCK_CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
 
@@ -36,11 +35,9 @@ def apply_ac(model: nn.Module, config: ACConfig, *, blocks: str = "layers") -> n
         forced_shapes = _forced_matmul_shapes(model, blocks, container, config)
     extra = {}
     if config.mode == "memory_budget":
-        # Compiled blocks bypass the wrapper and take compile's own budget; eager ones solve theirs.
-        torch._functorch.config.activation_memory_budget = config.memory_budget
         extra["checkpoint_fn"] = BudgetCheckpoint(config.memory_budget, container.children())
     for position, (name, block) in enumerate(list(container.named_children()), start=1):
-        wrapped = _wrap_block(block, position, config, forced_shapes, extra)
+        wrapped = _wrap_block(block, f"{blocks}.{name}", position, config, forced_shapes, extra)
         if wrapped is not block:
             container.register_module(name, wrapped)
     return model
@@ -96,15 +93,20 @@ def _forced_matmul_shapes(
 
 
 def _wrap_block(
-    block: nn.Module, position: int, config: ACConfig, forced_shapes: set[Shape], extra: dict[str, Any]
+    block: nn.Module,
+    name: str,
+    position: int,
+    config: ACConfig,
+    forced_shapes: set[Shape],
+    extra: dict[str, Any],
 ) -> nn.Module:
     if config.mode in ("full", "memory_budget"):
-        return _checkpoint(block, config, **extra)
+        return _checkpoint(block, name, config, **extra)
     interval = config.layer_interval
     if interval is not None:
-        return _checkpoint(block, config) if position % interval == 0 else block
+        return _checkpoint(block, name, config) if position % interval == 0 else block
     return _checkpoint(
-        block, config, context_fn=functools.partial(_op_sac_contexts, frozenset(forced_shapes))
+        block, name, config, context_fn=functools.partial(_op_sac_contexts, frozenset(forced_shapes))
     )
 
 
@@ -112,7 +114,21 @@ def _op_sac_contexts(forced_shapes: frozenset[Shape]) -> Any:
     return create_selective_checkpoint_contexts(make_op_sac_policy(forced_shapes))
 
 
-def _checkpoint(block: nn.Module, config: ACConfig, **extra: Any) -> nn.Module:
+class WatchedCheckpoint:
+    """A checkpoint function that warns when a block without preserved RNG state draws random numbers."""
+
+    def __init__(self, name: str, checkpoint_fn: Any = None) -> None:
+        self.warning = RandomOpWarning(name)
+        self.checkpoint_fn = checkpoint_fn or functools.partial(checkpoint, use_reentrant=False)
+
+    def __call__(self, block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        with self.warning.first_forward():
+            return self.checkpoint_fn(block, *args, **kwargs)
+
+
+def _checkpoint(block: nn.Module, name: str, config: ACConfig, **extra: Any) -> nn.Module:
+    if not config.preserve_rng_state:
+        extra["checkpoint_fn"] = WatchedCheckpoint(name, extra.get("checkpoint_fn"))
     return checkpoint_wrapper(
         block,
         preserve_rng_state=config.preserve_rng_state,

@@ -1,9 +1,10 @@
 """The per-op selective checkpointing (op-SAC) policy.
 
 Compute-intensive ops are saved and cheap ops recomputed, except that every
-second matmul of a block is recomputed too (halving matmul activations), and
+second matmul of a block is recomputed too (halving matmul activations),
 matmuls whose weight has the shape of a forced `nn.Linear` are always
-recomputed.
+recomputed, and every op that draws random numbers is recomputed (see
+`ac.rng`: a saved random op would shift the stream of those recomputed after it).
 """
 
 from __future__ import annotations
@@ -16,39 +17,42 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, SelectiveCheckpointContext
 
+from ac.rng import draws_random
+
 aten = torch.ops.aten
 
 MATMUL_OPS = frozenset({aten.mm.default, aten.addmm.default, aten.linear.default})
 
-# Ops saved beyond torch's default compute-intensive list. Every SDPA backend's
-# forward op is named so a policy decides alike on CPU and on CUDA.
-_EXTRA_SAVED_OP_NAMES = (
-    "aten.linear",
-    "aten.max",
-    "aten._scaled_dot_product_flash_attention",
-    "aten._scaled_dot_product_efficient_attention",
-    "aten._scaled_dot_product_cudnn_attention",
-    "aten._scaled_dot_product_flash_attention_for_cpu",
-    "aten._scaled_dot_product_fused_attention_overrideable",
-    "aten._flash_attention_forward",
-    "aten._efficient_attention_forward",
-    "_c10d_functional.reduce_scatter_tensor",
-    "_c10d_functional.all_to_all_single",
+# Op overloads saved beyond torch's default compute-intensive list, which names
+# only CUDA's attention ops: every SDPA backend's forward op is named so a
+# policy decides alike on CPU and on CUDA. `aten.max.default` (a whole-tensor
+# max, e.g. an fp8 scale) is saved, but not `max.dim`, whose indices a router
+# would hold; `aten.topk` is saved because a recomputed top-k may route tokens
+# to other experts. These follow torchtitan's save set.
+_EXTRA_SAVED_OPS = (
+    "aten.linear.default",
+    "aten.max.default",
+    "aten.topk.default",
+    "aten._scaled_dot_product_flash_attention.default",
+    "aten._scaled_dot_product_efficient_attention.default",
+    "aten._scaled_dot_product_cudnn_attention.default",
+    "aten._scaled_dot_product_flash_attention_for_cpu.default",
+    "aten._scaled_dot_product_fused_attention_overrideable.default",
+    "aten._flash_attention_forward.default",
+    "aten._efficient_attention_forward.default",
+    "_c10d_functional.reduce_scatter_tensor.default",
+    "_c10d_functional.all_to_all_single.default",
 )
 
 Shape = tuple[int, ...]
 PolicyFn = Callable[..., CheckpointPolicy]
 
 
-def _overloads(op: Any) -> list[torch._ops.OpOverload]:
-    if isinstance(op, torch._ops.OpOverloadPacket):
-        return [getattr(op, name) for name in op.overloads()]
-    return [op]
-
-
-def _lookup(qualified_name: str) -> Any:
-    namespace, name = qualified_name.split(".")
-    return getattr(getattr(torch.ops, namespace), name, None)
+def _lookup(qualified_name: str) -> torch._ops.OpOverload | None:
+    """The op overload `namespace.op.overload`, or None where this torch build lacks it."""
+    namespace, name, overload = qualified_name.split(".")
+    packet = getattr(getattr(torch.ops, namespace), name, None)
+    return None if packet is None else getattr(packet, overload, None)
 
 
 def _default_compute_intensive_ops() -> list[Any]:
@@ -62,9 +66,10 @@ def _default_compute_intensive_ops() -> list[Any]:
 @functools.cache
 def saved_ops() -> frozenset[torch._ops.OpOverload]:
     """Every op overload op-SAC saves on any backend this torch build has."""
-    ops = _default_compute_intensive_ops()
-    ops += [op for op in map(_lookup, _EXTRA_SAVED_OP_NAMES) if op is not None]
-    return frozenset(overload for op in ops for overload in _overloads(op))
+    packets = _default_compute_intensive_ops()
+    ops = {getattr(packet, name) for packet in packets for name in packet.overloads()}
+    ops.update(op for op in map(_lookup, _EXTRA_SAVED_OPS) if op is not None)
+    return frozenset(ops)
 
 
 def _weight_shape(func: Any, args: tuple[Any, ...]) -> Shape | None:
@@ -78,13 +83,15 @@ def _weight_shape(func: Any, args: tuple[Any, ...]) -> Shape | None:
     return None
 
 
-def make_op_sac_policy(forced_shapes: Iterable[Shape], save: frozenset[Any] | None = None) -> PolicyFn:
+def make_op_sac_policy(forced_shapes: Iterable[Shape]) -> PolicyFn:
     """A fresh policy for one checkpointed forward; its counters die with it."""
     forced = frozenset(tuple(s) for s in forced_shapes)
-    save = saved_ops() if save is None else save
+    save = saved_ops()
     matmul_count: Counter[bool] = Counter()
 
     def policy(ctx: SelectiveCheckpointContext, func: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+        if draws_random(func, args, kwargs):
+            return CheckpointPolicy.MUST_RECOMPUTE
         if func in MATMUL_OPS:
             if _weight_shape(func, args) in forced:
                 return CheckpointPolicy.MUST_RECOMPUTE

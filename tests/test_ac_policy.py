@@ -30,10 +30,22 @@ def _mm(n_in: int = 8, n_out: int = 8) -> tuple:
         "addmm",
         "linear",
         "max",
+        "topk",
     ],
 )
 def test_every_backend_attention_and_matmul_op_is_saved(name):
     assert getattr(aten, name).default in saved_ops()
+
+
+def test_only_the_whole_tensor_max_is_saved():
+    """As torchtitan: `max.dim` returns a router's indices too, which need not be held."""
+    assert aten.max.dim not in saved_ops()
+    assert aten.max.default in saved_ops()
+
+
+def test_topk_is_saved_so_a_recompute_routes_alike():
+    policy = make_op_sac_policy([])
+    assert policy(FORWARD, aten.topk.default, torch.empty(4, 8), 2) == SAVE
 
 
 def test_collectives_are_saved():
