@@ -1,15 +1,19 @@
 """`BudgetCheckpoint`: the checkpoint function of `memory_budget` mode.
 
-Eager: on a block's first call it profiles the block on fake tensors (cached
-by block signature), solves the knapsack, and runs selective checkpointing
-that saves exactly the chosen ops, named by (op, index within the forward).
-Compiled: it runs the block as is, so torch.compile's partitioner applies
-`torch._functorch.config.activation_memory_budget` to the whole graph, as
-torchtitan does; a SAC region would pin its decisions and hide them from it.
+On a block's first call it profiles the block on fake tensors (cached by
+block signature), solves the knapsack, and runs selective checkpointing that
+saves exactly the chosen ops, named by (op, index within the forward).
+
+Under torch.compile the same plan is used, as a SAC region that compile
+honours: the plan is made eagerly, outside the traced graph (the profile needs
+real dispatch), and the region's policy tags the graph. torch's own
+`activation_memory_budget` partitioner is not used: it recomputes random ops
+with fresh random numbers (pytorch issue 190758).
 """
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -38,6 +42,10 @@ def make_budget_policy(saved: frozenset[OpKey]) -> Callable[..., CheckpointPolic
         return CheckpointPolicy.MUST_SAVE if (func, index) in saved else CheckpointPolicy.MUST_RECOMPUTE
 
     return policy
+
+
+def _budget_contexts(saved: frozenset[OpKey]) -> Any:
+    return create_selective_checkpoint_contexts(make_budget_policy(saved))
 
 
 class BudgetCheckpoint:
@@ -77,19 +85,30 @@ class BudgetCheckpoint:
         debug: bool = False,
         **kwargs: Any,
     ) -> Any:
-        if torch.compiler.is_compiling() or not torch.is_grad_enabled():
+        if not torch.is_grad_enabled():
             return block(*args, **kwargs)
-        plan = self.plan(block, *args, **kwargs)
+        plan = _plan_outside_graph(self, block, args, kwargs)
         if not plan.checkpoint:
             return block(*args, **kwargs)
         return checkpoint(
             block,
             *args,
             use_reentrant=False,
-            context_fn=lambda: create_selective_checkpoint_contexts(make_budget_policy(plan.saved)),
+            context_fn=functools.partial(_budget_contexts, plan.saved),
             preserve_rng_state=preserve_rng_state,
             early_stop=early_stop,
             determinism_check=determinism_check,
             debug=debug,
             **kwargs,
         )
+
+
+@torch.compiler.disable(
+    reason="memory_budget plans a block eagerly, on fake tensors; under fullgraph=True "
+    "use ACConfig(compile=True), which compiles the planned region instead"
+)
+def _plan_outside_graph(
+    checkpoint_fn: BudgetCheckpoint, block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Plan:
+    """Under torch.compile a graph break: the plan is made eagerly, then tracing resumes."""
+    return checkpoint_fn.plan(block, *args, **kwargs)

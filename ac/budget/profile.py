@@ -28,6 +28,8 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from torch.utils._pytree import tree_flatten, tree_map_only
 from torch.utils.flop_counter import flop_registry
 
+from ac.rng import draws_random
+
 _NOT_FAKEABLE = (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException)
 
 
@@ -39,6 +41,7 @@ class OpCost:
     index: int
     flops: int
     bytes: int  # storages this op creates; 0 when its outputs alias existing ones
+    random: bool = False  # draws random numbers (see `ac.rng`)
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,14 @@ class _Recorder(TorchDispatchMode):
         out = func(*args, **kwargs)
         formula = flop_registry.get(func.overloadpacket)
         flops = formula(*args, **kwargs, out_val=out) if formula is not None else 0
-        self.ops.append(OpCost(func, self._calls[func], flops, self._new_storage_bytes(func, out)))
+        cost = OpCost(
+            func,
+            self._calls[func],
+            flops,
+            self._new_storage_bytes(func, out),
+            draws_random(func, args, kwargs),
+        )
+        self.ops.append(cost)
         self._calls[func] += 1
         return out
 

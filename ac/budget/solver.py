@@ -4,7 +4,8 @@ Under selective checkpointing a block holds exactly the outputs of the ops it
 saves (plus its inputs, held with or without AC), and backward re-runs every
 other op once. So a plan's activation memory is the bytes of its saved ops and
 its recompute cost is the flops of the rest: a 0/1 knapsack that keeps the
-most flops within `budget * no_ac_bytes`. Leaving the block unwrapped (no AC)
+most flops within `budget * no_ac_bytes`. The ops that draw random numbers are
+one item, saved together or recomputed together (see `ac.rng`). Leaving the block unwrapped (no AC)
 holds `no_ac_bytes` and recomputes nothing; it competes as one more option.
 Identical blocks share one budget (see `solve`), which lets them mix plans.
 """
@@ -32,6 +33,15 @@ MAX_EXHAUSTIVE = 20
 
 
 @dataclass(frozen=True)
+class Item:
+    """What the knapsack saves or recomputes as one: an op, or a block's random ops together."""
+
+    keys: frozenset[OpKey]
+    flops: int
+    bytes: int
+
+
+@dataclass(frozen=True)
 class Plan:
     checkpoint: bool  # False: run the block without AC
     saved: frozenset[OpKey]
@@ -49,9 +59,22 @@ def budget_bytes(profile: BlockProfile, budget: float) -> int:
     return math.floor(check_budget(budget) * profile.no_ac_bytes + 1e-6)
 
 
-def candidates(profile: BlockProfile) -> list[OpCost]:
-    """Ops worth saving: they cost flops to recompute and own the storage they create."""
-    return [op for op in profile.ops if op.flops > 0 and op.bytes > 0]
+def candidates(profile: BlockProfile) -> list[Item]:
+    """What is worth saving: ops that cost flops to recompute and own the storage they
+    create, and the block's random ops as one item where each of them can be saved."""
+    items = [_item([op]) for op in profile.ops if not op.random and op.flops > 0 and op.bytes > 0]
+    random_ops = [op for op in profile.ops if op.random]
+    # An in-place random op (CPU dropout's bernoulli_) cannot be served from a saved copy.
+    if random_ops and not any(op.op._schema.is_mutable for op in random_ops):
+        group = _item(random_ops)
+        if group.flops > 0 and group.bytes > 0:
+            items.append(group)
+    return items
+
+
+def _item(ops: list[OpCost]) -> Item:
+    keys = frozenset((op.op, op.index) for op in ops)
+    return Item(keys, sum(op.flops for op in ops), sum(op.bytes for op in ops))
 
 
 def solve(profile: BlockProfile, budget: float, copies: int = 1) -> tuple[Plan, ...]:
@@ -102,11 +125,11 @@ def exhaustive(profile: BlockProfile, budget: float) -> Plan:
     items = candidates(profile)
     if len(items) > MAX_EXHAUSTIVE:
         raise ValueError(f"exhaustive search over {len(items)} ops; at most {MAX_EXHAUSTIVE} are allowed")
-    best: tuple[int, int, tuple[OpCost, ...]] = (0, 0, ())
+    best: tuple[int, int, tuple[Item, ...]] = (0, 0, ())
     for size in range(1, len(items) + 1):
         for subset in itertools.combinations(items, size):
-            used = sum(op.bytes for op in subset)
-            saved = sum(op.flops for op in subset)
+            used = sum(item.bytes for item in subset)
+            saved = sum(item.flops for item in subset)
             if used <= capacity and (saved, -used) > (best[0], -best[1]):
                 best = (saved, used, subset)
     plan = _sac_plan(profile, list(best[2]))
@@ -135,6 +158,7 @@ def _no_ac_plan(profile: BlockProfile) -> Plan:
     return Plan(checkpoint=False, saved=frozenset(), bytes=profile.no_ac_bytes, recompute_flops=0)
 
 
-def _sac_plan(profile: BlockProfile, saved: list[OpCost]) -> Plan:
-    flops = profile.flops - sum(op.flops for op in saved)
-    return Plan(True, frozenset((op.op, op.index) for op in saved), sum(op.bytes for op in saved), flops)
+def _sac_plan(profile: BlockProfile, saved: list[Item]) -> Plan:
+    flops = profile.flops - sum(item.flops for item in saved)
+    keys = frozenset(key for item in saved for key in item.keys)
+    return Plan(True, keys, sum(item.bytes for item in saved), flops)

@@ -1,0 +1,215 @@
+"""AC keeps gradients exact when blocks draw random numbers: saved or recomputed
+together, replayed from the preserved RNG state, eager and compiled."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import CheckpointPolicy, SelectiveCheckpointContext
+from torch.utils.flop_counter import register_flop_formula
+
+import ac.policy
+from ac import ACConfig, apply_ac
+from ac.budget.profile import profile_block
+from ac.rng import draws_random
+from harness import measure
+from harness.models import moe
+from harness.modes import MODES
+
+pytestmark = pytest.mark.tiers("cpu")
+aten = torch.ops.aten
+DIM, ROWS, P = 32, 16, 0.3
+
+
+@torch.library.custom_op("ac_test::noisy_dropout", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
+def noisy_dropout(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """An SDPA-like fused op: it draws its mask from the CPU generator, unlike CPU's in-place dropout."""
+    mask = (torch.rand_like(x) >= p).to(x.dtype) / (1 - p)
+    return x * mask, mask
+
+
+@noisy_dropout.register_fake
+def _(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x), torch.empty_like(x)
+
+
+def _noisy_dropout_backward(ctx, grad, _grad_mask):
+    return grad * ctx.saved_tensors[0], None
+
+
+def _save_mask(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+
+
+noisy_dropout.register_autograd(_noisy_dropout_backward, setup_context=_save_mask)
+NOISY = torch.ops.ac_test.noisy_dropout.default
+
+
+@register_flop_formula(torch.ops.ac_test.noisy_dropout)
+def _noisy_flops(x_shape, *args, **kwargs) -> int:
+    """Priced like attention, so the budget planner wants to keep it."""
+    return 1000 * x_shape[0] * x_shape[1]
+
+
+class NoisyBlock(nn.Module):
+    """A fused random op, then (optionally) CPU's in-place dropout after it."""
+
+    def __init__(self, inplace_dropout: bool) -> None:
+        super().__init__()
+        self.inplace_dropout = inplace_dropout
+        self.a, self.b, self.c = (nn.Linear(DIM, DIM, bias=False) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = noisy_dropout(self.a(x), P)
+        h = self.b(h)
+        if self.inplace_dropout:
+            h = F.dropout(h, P, self.training)
+        return self.c(h).relu()
+
+
+class NoisyModel(nn.Module):
+    def __init__(self, inplace_dropout: bool = True) -> None:
+        super().__init__()
+        self.layers = nn.ModuleDict({str(i): NoisyBlock(inplace_dropout) for i in range(2)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.layers.values():
+            x = block(x)
+        return x.sum()
+
+
+def _noisy_step(config: ACConfig | None, inplace_dropout: bool = True) -> NoisyModel:
+    torch.manual_seed(0)
+    model = NoisyModel(inplace_dropout)
+    x = torch.randn(ROWS, DIM)
+    if config is not None:
+        apply_ac(model, config)
+    torch.manual_seed(7)
+    model(x).backward()
+    return model
+
+
+def test_draws_random_reads_the_tag_and_a_zero_dropout_p():
+    q = torch.empty(1, 1, 4, 8)
+    assert draws_random(aten.native_dropout.default, (q, 0.0, True), {})  # CPU draws even at p=0
+    assert draws_random(aten.bernoulli_.float, (q, 0.5), {})
+    assert draws_random(NOISY, (q, 0.5), {})
+    sdpa = aten._scaled_dot_product_flash_attention_for_cpu.default
+    assert draws_random(sdpa, (q, q, q), {"dropout_p": 0.1})
+    assert not draws_random(sdpa, (q, q, q, 0.0), {})
+    assert not draws_random(sdpa, (q, q, q), {})
+    assert not draws_random(aten.mm.default, (q, q), {})
+
+
+def test_op_sac_recomputes_a_saved_op_that_draws(monkeypatch):
+    """An op in the save set that draws random numbers is recomputed, not saved."""
+    monkeypatch.setattr(ac.policy, "saved_ops", lambda: frozenset({NOISY, aten.mm.default}))
+    reference = _noisy_step(None)
+    model = _noisy_step(dataclasses.replace(MODES["op-no-force"], preserve_rng_state=True))
+    measure.assert_grads_match(reference, model)
+
+
+@pytest.mark.parametrize(
+    ("func", "args", "want"),
+    [
+        (
+            aten._scaled_dot_product_efficient_attention.default,
+            (None, None, None, None, True, 0.2),
+            "recompute",
+        ),
+        (aten._scaled_dot_product_flash_attention.default, (None, None, None, 0.2), "recompute"),
+        (aten._scaled_dot_product_flash_attention.default, (None, None, None, 0.0), "save"),
+        (aten._scaled_dot_product_cudnn_attention.default, (None, None, None, None, True, 0.0), "save"),
+    ],
+    ids=["efficient-dropout", "flash-dropout", "flash-no-dropout", "cudnn-no-dropout"],
+)
+def test_attention_with_dropout_is_recomputed_unlike_torchtitan(func, args, want):
+    """torchtitan saves every SDPA; a saved SDPA that drew its mask would shift later random ops."""
+    policy = ac.policy.make_op_sac_policy([])
+    decision = policy(SelectiveCheckpointContext(is_recompute=False), func, *args)
+    assert decision == (CheckpointPolicy.MUST_SAVE if want == "save" else CheckpointPolicy.MUST_RECOMPUTE)
+
+
+@pytest.mark.parametrize("budget", [0.25, 0.5, 0.75])
+def test_budget_recomputes_random_ops_it_cannot_save_together(budget):
+    """In-place dropout cannot be served from a saved copy, so the fused random op is recomputed too."""
+    reference = _noisy_step(None)
+    model = _noisy_step(ACConfig(mode="memory_budget", memory_budget=budget, preserve_rng_state=True))
+    measure.assert_grads_match(reference, model)
+
+
+@pytest.mark.parametrize("budget", [0.25, 0.5, 0.75, 1.0])
+def test_budget_saves_a_blocks_random_ops_together_or_not_at_all(budget):
+    reference = _noisy_step(None, inplace_dropout=False)
+    model = _noisy_step(ACConfig(mode="memory_budget", memory_budget=budget), inplace_dropout=False)
+    measure.assert_grads_match(reference, model)
+    profile = profile_block(NoisyBlock(False), (torch.randn(ROWS, DIM, requires_grad=True),), {})
+    random_keys = {(op.op, op.index) for op in profile.ops if op.random}
+    assert random_keys == {(NOISY, 0)}
+    budget_fn = next(iter(model.layers.values())).checkpoint_fn.func
+    for plan in next(iter(budget_fn._plans.values())):
+        assert random_keys <= plan.saved or not random_keys & plan.saved
+
+
+def test_preserve_rng_state_false_warns_once_naming_block_and_op():
+    config = ACConfig(mode="full", preserve_rng_state=False)
+    with pytest.warns(UserWarning) as record:
+        model = _noisy_step(config)
+        model(torch.randn(ROWS, DIM)).backward()
+    messages = [str(w.message) for w in record if "preserve_rng_state" in str(w.message)]
+    assert len(messages) == 2, messages  # one per block, the first step only
+    assert "'layers.0'" in messages[0] and "ac_test.noisy_dropout" in messages[0]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["no-random-op", "eval"])
+def test_preserve_rng_state_false_is_silent_without_random_ops(training):
+    model = apply_ac(
+        moe.build(moe.MoEArgs(n_layers=1, dropout=0.0 if training else 0.5)),
+        ACConfig(mode="full", preserve_rng_state=False),
+    )
+    model.train(training)
+    tokens, targets = moe.batch(model.args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        moe.loss_fn(model(tokens), targets).backward()
+
+
+COMPILED_ARGS = moe.MoEArgs(n_layers=1, dropout=0.2)
+
+
+def _compiled_step(config: ACConfig | None, backend: str) -> tuple[torch.Tensor, nn.Module]:
+    """torchtitan's order: AC on each block, then each block compiled."""
+    model = moe.build(COMPILED_ARGS)
+    if config is not None:
+        apply_ac(model, config)
+    for block in model.layers.values():
+        block.compile(backend=backend)
+    tokens, targets = moe.batch(COMPILED_ARGS)
+    torch.manual_seed(123)
+    loss = moe.loss_fn(model(tokens), targets)
+    loss.backward()
+    return loss.detach(), model
+
+
+@pytest.fixture(scope="module")
+def compiled_reference() -> tuple[torch.Tensor, nn.Module]:
+    return _compiled_step(None, "aot_eager_decomp_partition")
+
+
+def test_compiled_memory_budget_keeps_dropout_gradients(compiled_reference):
+    """torch's budget partitioner recomputes dropout with fresh random numbers; our plan does not."""
+    config = dataclasses.replace(MODES["budget-0.5"], preserve_rng_state=True)
+    loss, model = _compiled_step(config, "aot_eager_decomp_partition")
+    assert torch.equal(loss, compiled_reference[0])
+    measure.assert_grads_match(compiled_reference[1], model, rtol=1e-5, atol=1e-6)
+
+
+def test_memory_budget_leaves_torch_compile_budget_alone():
+    before = torch._functorch.config.activation_memory_budget
+    apply_ac(moe.build(dataclasses.replace(COMPILED_ARGS, n_layers=2)), MODES["budget-0.25"])
+    assert torch._functorch.config.activation_memory_budget == before
