@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
+
     from harness.sweep import Row
 
 from harness.models import MODELS
 from harness.units import MIB
 
 DEFAULT_MODELS = [name for name, spec in MODELS.items() if spec.in_default_report]
+DEVICES = ("auto", "cpu", "cuda")
+# cuBLAS reads this when it starts; deterministic algorithms need it on CUDA.
+CUBLAS_WORKSPACE = ":4096:8"
 
 
 def pareto(rows: list[Row]) -> list[str]:
@@ -71,6 +78,16 @@ def table(name: str, rows: list[Row]) -> str:
     return "\n".join(lines) + "\n\n`*`: on the Pareto front of activation memory vs recompute.\n"
 
 
+def grads_compared(device: torch.device) -> str:
+    """What "grads bitwise" compared, in words for the report."""
+    if device.type == "cuda":
+        return (
+            "every mode's against no AC's, bitwise, both under torch.use_deterministic_algorithms(True) "
+            f"with CUBLAS_WORKSPACE_CONFIG={os.environ.get('CUBLAS_WORKSPACE_CONFIG')}"
+        )
+    return "every mode's against no AC's, bitwise"
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the `report` subcommand to `python -m harness`."""
     parser = commands.add_parser("report", help="measure every AC mode on the reference models")
@@ -80,18 +97,30 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=",".join(DEFAULT_MODELS),
         help=f"comma list from {list(MODELS)} (default: %(default)s)",
     )
-    parser.add_argument(
-        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: best available"
-    )
+    parser.add_argument("--device", default="auto", help=f"one of {list(DEVICES)} (default: best available)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     parser.set_defaults(run=main)
 
 
-def main(args: argparse.Namespace) -> int:
+def check_arguments(args: argparse.Namespace) -> list[str]:
+    """The models to measure; a ValueError naming the bad value and what is allowed, before any work."""
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
         raise ValueError(f"--models {args.models!r}: unknown {unknown}; allowed are {list(MODELS)}")
+    if args.device not in DEVICES:
+        raise ValueError(f"--device {args.device!r} is not one of {list(DEVICES)}")
+    if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
+        raise ValueError(
+            "the plot needs matplotlib, which is not installed: pip install 'ac-harness[report]', "
+            "or pass --no-plot"
+        )
+    return models
+
+
+def main(args: argparse.Namespace) -> int:
+    models = check_arguments(args)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     import torch
 
     from harness.sweep import device_for, run
@@ -110,6 +139,7 @@ def main(args: argparse.Namespace) -> int:
         "date": datetime.date.today().isoformat(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
+        "grads_compared": grads_compared(device),
         "models": {
             name: {"rows": [asdict(r) for r in rs], "pareto": pareto(rs)} for name, rs in rows.items()
         },
@@ -117,6 +147,7 @@ def main(args: argparse.Namespace) -> int:
     (args.out / "ac-report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"AC report on {report['device']}, torch {report['torch']}, {report['date']}\n")
     print("\n".join(table(name, rs) for name, rs in rows.items()))
+    print(f"Gradients: {report['grads_compared']}.\n")
     if not args.no_plot:
         from harness.plot import plot
 

@@ -6,9 +6,10 @@ report is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -96,8 +97,28 @@ def _step_ms(step: measure.Step, warmup: int = 2, runs: int = 5) -> float:
     return statistics.median(times)
 
 
+@contextlib.contextmanager
+def comparable_grads(device: torch.device) -> Iterator[None]:
+    """CUDA kernels with atomics (embedding and index_add backward) differ run to run:
+    deterministic algorithms make no AC and every mode comparable bitwise, as on CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
 def run(names: list[str], device: torch.device, progress: Callable[[str], None]) -> dict[str, list[Row]]:
     """Every mode on every model, "none" first; `progress` gets one line per measurement."""
+    with comparable_grads(device):
+        return _run(names, device, progress)
+
+
+def _run(names: list[str], device: torch.device, progress: Callable[[str], None]) -> dict[str, list[Row]]:
     rows: dict[str, list[Row]] = {}
     total, started = len(names) * (len(MODES) + len(MATCHED)), time.perf_counter()
     for name in names:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -45,6 +46,7 @@ def test_toy_report_reproduces_reference_and_writes_json(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "### toy" in out and "| budget-0.5 * |" in out
     assert err.count("\n") == len(rows) and f"[1/{len(rows)}] toy" in err
+    assert data["grads_compared"] == "every mode's against no AC's, bitwise" and "Gradients: every" in out
 
 
 def test_plot_draws_a_png(tmp_path):
@@ -64,9 +66,26 @@ def test_plot_draws_a_png(tmp_path):
     [
         (["--models", "toy,gpt"], r"--models 'toy,gpt': unknown \['gpt'\]; allowed are \['toy'"),
         (["--models", ","], r"--models ',': unknown \[\]"),
+        (["--device", "tpu"], r"--device 'tpu' is not one of \['auto', 'cpu', 'cuda'\]"),
     ],
 )
 def test_bad_arguments_fail_before_any_measurement(tmp_path, argv, message):
     with pytest.raises(ValueError, match=message):
         main(["report", "--out", str(tmp_path), *argv])
     assert not any(tmp_path.iterdir())
+
+
+def test_missing_matplotlib_is_named_before_measuring(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` sees when absent
+    monkeypatch.setattr(sweep, "run", lambda *a: pytest.fail("measured before checking matplotlib"))
+    with pytest.raises(ValueError, match=r"pip install 'ac-harness\[report\]', or pass --no-plot"):
+        main(["report", "--models", "toy", "--device", "cpu", "--out", str(tmp_path)])
+
+
+@pytest.mark.tiers("gpu")
+def test_cuda_report_compares_gradients_under_deterministic_algorithms(tier, tmp_path):
+    """Without deterministic algorithms two no-AC runs on CUDA differ (index_add, embedding backward)."""
+    assert main(["report", "--models", "toy", "--device", "cuda", "--no-plot", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "ac-report.json").read_text())
+    assert "use_deterministic_algorithms(True)" in data["grads_compared"]
+    assert all(r["grads_bitwise_equal"] for r in data["models"]["toy"]["rows"])
