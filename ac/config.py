@@ -10,10 +10,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-MODES = ("none", "full", "selective", "memory_budget")
+SELECTIVE_KINDS = ("layer", "op")  # the two kinds of mode "selective"
 DEFAULT_FORCE_RECOMPUTE_FQNS = ("moe.router.gate",)
 DETERMINISM_CHECKS = ("default", "none")
-BOOL_FIELDS = ("preserve_rng_state", "early_stop", "debug")
+BOOL_FIELDS = ("preserve_rng_state", "early_stop", "debug", "compile")
 
 
 def check_memory_budget(budget: object, label: str) -> float:
@@ -21,6 +21,22 @@ def check_memory_budget(budget: object, label: str) -> float:
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 <= budget <= 1.0:
         raise ValueError(f"{label} is outside the allowed range [0.0, 1.0]")
     return float(budget)
+
+
+def modes() -> list[str]:
+    """The values `ACConfig.mode` accepts: every registered mode, "selective" for layer and op SAC."""
+    from ac.modes import REGISTRY  # the registry imports this module
+
+    names = [name for name in REGISTRY if name not in SELECTIVE_KINDS]
+    return [*names[:2], "selective", *names[2:]]
+
+
+def _check_backend(backend: object) -> None:
+    import torch._dynamo
+
+    allowed = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in allowed:
+        raise ValueError(f"ACConfig.compile_backend={backend!r} is not one of {allowed}")
 
 
 @dataclass
@@ -35,6 +51,8 @@ class ACConfig:
         `nn.Linear`s whose matmuls op-SAC always recomputes (MoE routers by
         default: their output is tiny to recompute but blocks expert dispatch).
     memory_budget: fraction of no-AC activation memory to keep, in [0, 1].
+    compile: compile each block after wrapping it (torchtitan's order), with
+        `compile_backend`.
     preserve_rng_state: replay random ops (dropout) exactly in the recompute;
         without it gradients of blocks that draw random numbers are wrong.
     """
@@ -49,14 +67,16 @@ class ACConfig:
     memory_budget: float = 0.5
     determinism_check: str = "default"
     debug: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         for name in BOOL_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"ACConfig.{name}={value!r} must be a bool (true or false)")
-        if self.mode not in MODES:
-            raise ValueError(f"ACConfig.mode={self.mode!r} is not one of {list(MODES)}")
+        if self.mode not in modes():
+            raise ValueError(f"ACConfig.mode={self.mode!r} is not one of {modes()}")
         if isinstance(self.selective_ac_option, int) and not isinstance(self.selective_ac_option, bool):
             self.selective_ac_option = str(self.selective_ac_option)
         if self.layer_interval is None and self.selective_ac_option != "op":
@@ -77,6 +97,16 @@ class ACConfig:
                 f"ACConfig.determinism_check={self.determinism_check!r} is not one of "
                 f"{list(DETERMINISM_CHECKS)}"
             )
+
+        if self.compile:
+            _check_backend(self.compile_backend)
+
+    @property
+    def kind(self) -> str:
+        """The `ac.modes.REGISTRY` key: the mode, with "selective" split into "layer" and "op"."""
+        if self.mode != "selective":
+            return self.mode
+        return "op" if self.layer_interval is None else "layer"
 
     @property
     def layer_interval(self) -> int | None:

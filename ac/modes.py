@@ -1,0 +1,174 @@
+"""One class per AC mode, and the registry `apply_ac` picks from.
+
+A mode reads its own small config from `ACConfig`, checks it against the
+model before anything is wrapped (`prepare`), then wraps blocks one at a time
+(`wrap`). Adding a mode is one class and one line in `REGISTRY`.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+
+from ac.budget import BudgetCheckpoint
+from ac.config import ACConfig
+from ac.policy import Shape, make_op_sac_policy
+from ac.rng import RandomOpWarning
+
+
+@dataclass(frozen=True)
+class CheckpointOptions:
+    """What every checkpointing mode passes to `torch.utils.checkpoint`."""
+
+    preserve_rng_state: bool
+    early_stop: bool
+    determinism_check: str
+    debug: bool
+
+    @classmethod
+    def of(cls, config: ACConfig) -> CheckpointOptions:
+        return cls(config.preserve_rng_state, config.early_stop, config.determinism_check, config.debug)
+
+
+class WatchedCheckpoint:
+    """A checkpoint function that warns when a block without preserved RNG state draws random numbers."""
+
+    def __init__(self, name: str, checkpoint_fn: Any = None) -> None:
+        self.warning = RandomOpWarning(name)
+        self.checkpoint_fn = checkpoint_fn or functools.partial(checkpoint, use_reentrant=False)
+
+    def __call__(self, block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        with self.warning.first_forward():
+            return self.checkpoint_fn(block, *args, **kwargs)
+
+
+class ACMode:
+    """A mode that leaves every block as it is; subclasses wrap some or all of them."""
+
+    compiles_blocks: ClassVar[bool] = True  # False: the mode compiles inside its wrapper
+
+    def __init__(self, config: ACConfig) -> None:
+        self.options = CheckpointOptions.of(config)
+
+    def prepare(self, container: nn.Module, prefix: str) -> None:
+        """Check the mode against the model's blocks; raise before any block is wrapped."""
+
+    def wrap(self, block: nn.Module, name: str, position: int) -> nn.Module:
+        """The block as the model should run it; `position` counts blocks from 1."""
+        return block
+
+    def checkpointed(self, block: nn.Module, name: str, **wrapper_kwargs: Any) -> nn.Module:
+        """`block` under non-reentrant checkpointing with this mode's options."""
+        if not self.options.preserve_rng_state:
+            wrapper_kwargs["checkpoint_fn"] = WatchedCheckpoint(name, wrapper_kwargs.get("checkpoint_fn"))
+        return checkpoint_wrapper(
+            block,
+            preserve_rng_state=self.options.preserve_rng_state,
+            early_stop=self.options.early_stop,
+            determinism_check=self.options.determinism_check,
+            debug=self.options.debug,
+            **wrapper_kwargs,
+        )
+
+
+class NoAC(ACMode):
+    pass
+
+
+class FullAC(ACMode):
+    """Recompute each whole block in backward."""
+
+    def wrap(self, block: nn.Module, name: str, position: int) -> nn.Module:
+        return self.checkpointed(block, name)
+
+
+class LayerSAC(ACMode):
+    """Full AC on every n-th block."""
+
+    def __init__(self, config: ACConfig) -> None:
+        super().__init__(config)
+        self.interval = config.layer_interval
+
+    def wrap(self, block: nn.Module, name: str, position: int) -> nn.Module:
+        return self.checkpointed(block, name) if position % self.interval == 0 else block
+
+
+class OpSAC(ACMode):
+    """Per-op selective checkpointing (`ac.policy`)."""
+
+    def __init__(self, config: ACConfig) -> None:
+        super().__init__(config)
+        self.patterns = config.per_op_sac_force_recompute_mm_shapes_by_fqns
+        self.warn_unmatched = not config.uses_default_force_recompute_fqns
+        self.forced_shapes: frozenset[Shape] = frozenset()
+
+    def prepare(self, container: nn.Module, prefix: str) -> None:
+        self.forced_shapes = frozenset(self._forced_matmul_shapes(container, prefix))
+
+    def _forced_matmul_shapes(self, container: nn.Module, prefix: str) -> set[Shape]:
+        """Weight shapes (in, out) of the Linears whose matmuls are always recomputed."""
+        shapes: set[Shape] = set()
+        matched = dict.fromkeys(self.patterns, False)
+        for fqn, module in container.named_modules(prefix=prefix):
+            for pattern in self.patterns:
+                if pattern not in fqn or fqn == prefix:
+                    continue
+                if not isinstance(module, nn.Linear):
+                    raise ValueError(
+                        f"per_op_sac_force_recompute_mm_shapes_by_fqns pattern {pattern!r} matches "
+                        f"{fqn!r}, a {type(module).__name__}; only nn.Linear modules are allowed"
+                    )
+                matched[pattern] = True
+                shapes.add((module.in_features, module.out_features))
+        unmatched = [p for p, hit in matched.items() if not hit]
+        if unmatched and self.warn_unmatched:
+            warnings.warn(
+                f"per_op_sac_force_recompute_mm_shapes_by_fqns patterns {unmatched} match no "
+                f"nn.Linear in model.{prefix}; they have no effect",
+                UserWarning,
+                stacklevel=4,
+            )
+        return shapes
+
+    def wrap(self, block: nn.Module, name: str, position: int) -> nn.Module:
+        return self.checkpointed(
+            block, name, context_fn=functools.partial(_op_sac_contexts, self.forced_shapes)
+        )
+
+
+def _op_sac_contexts(forced_shapes: frozenset[Shape]) -> Any:
+    return create_selective_checkpoint_contexts(make_op_sac_policy(forced_shapes))
+
+
+class MemoryBudgetAC(ACMode):
+    """Keep activations within a budget at the least step time (`ac.budget`)."""
+
+    compiles_blocks = False  # the plan is made eagerly; BudgetCheckpoint compiles the planned region
+
+    def __init__(self, config: ACConfig) -> None:
+        super().__init__(config)
+        self.budget = config.memory_budget
+        self.backend = config.compile_backend if config.compile else None
+        self.checkpoint_fn: BudgetCheckpoint | None = None
+
+    def prepare(self, container: nn.Module, prefix: str) -> None:
+        self.checkpoint_fn = BudgetCheckpoint(self.budget, container.children(), compile_backend=self.backend)
+
+    def wrap(self, block: nn.Module, name: str, position: int) -> nn.Module:
+        return self.checkpointed(block, name, checkpoint_fn=self.checkpoint_fn)
+
+
+# ACConfig.kind -> mode. A new mode: one class above, one line here.
+REGISTRY: dict[str, type[ACMode]] = {
+    "none": NoAC,
+    "full": FullAC,
+    "layer": LayerSAC,
+    "op": OpSAC,
+    "memory_budget": MemoryBudgetAC,
+}
