@@ -1,22 +1,11 @@
-"""`memory_budget` mode without torch.compile: profile each block, solve a knapsack, save by op.
+"""`memory_budget` mode: profile each block, price its plans in time, keep the fastest within budget.
 
-profile = profile_block(block, args, kwargs)   # flops and bytes per op, on fake tensors
-plan = solve(profile, budget=0.5)              # which (op, index) pairs to save
+profile = profile_block(block, args, kwargs)   # flops, bytes and scope per op, on fake tensors
+plans = solve(profile, budget=0.5)             # no AC, full, sub-module or op-level SAC plans
 """
 
-from ac.budget.checkpoint import BudgetCheckpoint, make_budget_policy
-from ac.budget.profile import BlockProfile, OpCost, ProfileCache, profile_block
-from ac.budget.solver import Plan, budget_bytes, exhaustive, solve
+from ac.budget.checkpoint import BudgetCheckpoint
+from ac.budget.profile import BlockProfile, profile_block
+from ac.budget.solver import Plan, solve
 
-__all__ = [
-    "BlockProfile",
-    "BudgetCheckpoint",
-    "OpCost",
-    "Plan",
-    "ProfileCache",
-    "budget_bytes",
-    "exhaustive",
-    "make_budget_policy",
-    "profile_block",
-    "solve",
-]
+__all__ = ["BlockProfile", "BudgetCheckpoint", "Plan", "profile_block", "solve"]

@@ -1,21 +1,25 @@
 """`BudgetCheckpoint`: the checkpoint function of `memory_budget` mode.
 
-On a block's first call it profiles the block on fake tensors (cached by
-block signature), solves the knapsack, and runs selective checkpointing that
-saves exactly the chosen ops, named by (op, index within the forward).
+On a block's first call with an input signature it profiles the block on fake
+tensors (cached by block signature), prices it on the running device
+(`ac.budget.costs`, measured once per process) and picks the fastest plan
+within the budget (`ac.budget.solver`): no AC, plain checkpointing of the block
+or of some of its children, or selective checkpointing that saves chosen ops,
+named by (op, index within the forward). Later calls find the plan by the
+block and its input shapes in one dictionary lookup.
 
-Under torch.compile the same plan is used, as a SAC region that compile
-honours: the plan is made eagerly, outside the traced graph (the profile needs
-real dispatch), and the region's policy tags the graph. torch's own
-`activation_memory_budget` partitioner is not used: it recomputes random ops
-with fresh random numbers (pytorch issue 190758).
+Compiled, a plan runs as a region that compile honours (a SAC region tags the
+graph): the plan is made eagerly, outside any traced graph, because profiling
+needs real dispatch. torch's `activation_memory_budget` partitioner is not
+used: it recomputes random ops with fresh random numbers (pytorch issue 190758).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -27,8 +31,9 @@ from torch.utils.checkpoint import (
     create_selective_checkpoint_contexts,
 )
 
+from ac.budget import costs
 from ac.budget.profile import ProfileCache, structure
-from ac.budget.solver import OpKey, Plan, check_budget, solve
+from ac.budget.solver import FULL, MODULES, NONE, OpKey, Plan, check_budget, solve
 
 
 def make_budget_policy(saved: frozenset[OpKey]) -> Callable[..., CheckpointPolicy]:
@@ -37,8 +42,9 @@ def make_budget_policy(saved: frozenset[OpKey]) -> Callable[..., CheckpointPolic
 
     def policy(ctx: SelectiveCheckpointContext, func: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
         # Older torch also calls the policy while recomputing: count apart.
-        index = calls[ctx.is_recompute, func]
-        calls[ctx.is_recompute, func] += 1
+        key = (ctx.is_recompute, func)
+        index = calls[key]
+        calls[key] = index + 1
         return CheckpointPolicy.MUST_SAVE if (func, index) in saved else CheckpointPolicy.MUST_RECOMPUTE
 
     return policy
@@ -48,6 +54,17 @@ def _budget_contexts(saved: frozenset[OpKey]) -> Any:
     return create_selective_checkpoint_contexts(make_budget_policy(saved))
 
 
+def _call_key(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes a call of this block plan differently: the block, its mode, input layouts."""
+    layouts = tuple(
+        (tuple(value.shape), value.dtype, value.device, value.requires_grad)
+        if isinstance(value, torch.Tensor)
+        else value
+        for value in (*args, *kwargs.values())
+    )
+    return (id(block), block.training, torch.is_autocast_enabled(), tuple(kwargs), layouts)
+
+
 class BudgetCheckpoint:
     """A `checkpoint_fn` for `checkpoint_wrapper`; one instance serves all blocks of a model.
 
@@ -55,52 +72,107 @@ class BudgetCheckpoint:
     may take different plans (the k-th of n gets the k-th of `solve`'s n plans).
     Blocks of one structure are assumed to get inputs of one shape; where they
     do not, the first k of them still keep within k blocks' budget.
+    `compile_backend`: compile each planned region with this torch.compile backend.
+    `device_costs`: price plans with these instead of measuring the device.
     """
 
-    def __init__(self, budget: float, blocks: Iterable[nn.Module] = ()) -> None:
+    def __init__(
+        self,
+        budget: float,
+        blocks: Iterable[nn.Module] = (),
+        compile_backend: str | None = None,
+        device_costs: costs.DeviceCosts | None = None,
+    ) -> None:
         self.budget = check_budget(budget)
+        self.compile_backend = compile_backend
+        self.device_costs = device_costs
         self.profiles = ProfileCache()
-        self._plans: dict[tuple[int, int], tuple[Plan, ...]] = {}
+        self._solved: dict[tuple[int, int, bool], tuple[Plan, ...]] = {}
+        self._by_call: dict[tuple[Any, ...], Plan] = {}
+        self._regions: dict[tuple[Any, ...], Callable[..., Any]] = {}
         groups: dict[tuple[Any, ...], list[nn.Module]] = {}
         for block in blocks:
             groups.setdefault(structure(block), []).append(block)
         self._places = {id(b): (k, len(group)) for group in groups.values() for k, b in enumerate(group)}
 
-    def plan(self, block: nn.Module, *args: Any, **kwargs: Any) -> Plan:
-        """The plan for `block` called with these inputs."""
-        profile = self.profiles.get(block, args, kwargs)
-        place, copies = self._places.get(id(block), (0, 1))
-        plans = self._plans.get((id(profile), copies))
-        if plans is None:
-            plans = self._plans[id(profile), copies] = solve(profile, self.budget, copies)
-        return plans[place]
+    def plan(self, block: nn.Module, *args: Any, compiled: bool = False, **kwargs: Any) -> Plan:
+        """The plan for `block` called with these inputs; `compiled`: it runs in a traced graph."""
+        key = _call_key(block, args, kwargs)
+        plan = self._by_call.get(key)
+        if plan is None:
+            plan = self._by_call[key] = self._solve(block, args, kwargs, compiled)
+        return plan
 
-    def __call__(
-        self,
-        block: nn.Module,
-        *args: Any,
-        preserve_rng_state: bool = True,
-        early_stop: bool = True,
-        determinism_check: str = "default",
-        debug: bool = False,
-        **kwargs: Any,
-    ) -> Any:
+    def _solve(self, block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], compiled: bool) -> Plan:
+        eager = self.compile_backend is None and not compiled
+        profile = self.profiles.get(block, args, kwargs, timed=eager)
+        place, copies = self._places.get(id(block), (0, 1))
+        solved = self._solved.get((id(profile), copies, eager))
+        if solved is None:
+            device_costs = self.device_costs or (
+                costs.measure(_device(block, args)) if eager else costs.COMPILED
+            )
+            solved = solve(profile, self.budget, copies, device_costs, module_plans=eager)
+            self._solved[id(profile), copies, eager] = solved
+        return solved[place]
+
+    def __call__(self, block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        options = {name: kwargs.pop(name) for name in _CHECKPOINT_OPTIONS if name in kwargs}
         if not torch.is_grad_enabled():
             return block(*args, **kwargs)
-        plan = _plan_outside_graph(self, block, args, kwargs)
-        if not plan.checkpoint:
+        plan = _plan_outside_graph(self, block, args, kwargs, torch.compiler.is_compiling())
+        if self.compile_backend is None or plan.kind == NONE:
+            return run_plan(plan, options, block, *args, **kwargs)
+        return self._region(plan, options)(block, *args, **kwargs)
+
+    def _region(self, plan: Plan, options: dict[str, Any]) -> Callable[..., Any]:
+        """The plan's region compiled once; blocks of one structure share its graph."""
+        key = (plan, tuple(sorted(options.items())))
+        region = self._regions.get(key)
+        if region is None:
+            run = functools.partial(run_plan, plan, options)
+            region = self._regions[key] = torch.compile(run, backend=self.compile_backend, fullgraph=True)
+        return region
+
+
+_CHECKPOINT_OPTIONS = ("preserve_rng_state", "early_stop", "determinism_check", "debug")
+
+
+def run_plan(plan: Plan, options: dict[str, Any], block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """One checkpointed call of `block` as `plan` says; `options` go to `torch.utils.checkpoint`."""
+    if plan.kind == NONE:
+        return block(*args, **kwargs)
+    checkpoint_fn = functools.partial(checkpoint, use_reentrant=False, **options)
+    if plan.kind == FULL:
+        return checkpoint_fn(block, *args, **kwargs)
+    if plan.kind == MODULES:
+        with _checkpointed_children(block, plan.children, checkpoint_fn):
             return block(*args, **kwargs)
-        return checkpoint(
-            block,
-            *args,
-            use_reentrant=False,
-            context_fn=functools.partial(_budget_contexts, plan.saved),
-            preserve_rng_state=preserve_rng_state,
-            early_stop=early_stop,
-            determinism_check=determinism_check,
-            debug=debug,
-            **kwargs,
-        )
+    contexts = functools.partial(_budget_contexts, plan.saved)
+    return checkpoint_fn(block, *args, context_fn=contexts, **kwargs)
+
+
+@contextlib.contextmanager
+def _checkpointed_children(block: nn.Module, names: frozenset[str], checkpoint_fn: Any) -> Iterator[None]:
+    """For one forward, these children of `block` run under plain checkpointing.
+
+    Only their `forward` is redirected, so parameter names and hooks stay as they are.
+    """
+    children = [getattr(block, name) for name in names]
+    for child in children:
+        child.forward = functools.partial(checkpoint_fn, type(child).forward.__get__(child))
+    try:
+        yield
+    finally:
+        for child in children:
+            del child.forward
+
+
+def _device(block: nn.Module, args: tuple[Any, ...]) -> torch.device:
+    for value in (*args, *block.parameters()):
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return torch.device("cpu")
 
 
 @torch.compiler.disable(
@@ -108,7 +180,11 @@ class BudgetCheckpoint:
     "use ACConfig(compile=True), which compiles the planned region instead"
 )
 def _plan_outside_graph(
-    checkpoint_fn: BudgetCheckpoint, block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    checkpoint_fn: BudgetCheckpoint,
+    block: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    compiled: bool,
 ) -> Plan:
     """Under torch.compile a graph break: the plan is made eagerly, then tracing resumes."""
-    return checkpoint_fn.plan(block, *args, **kwargs)
+    return checkpoint_fn.plan(block, *args, compiled=compiled, **kwargs)

@@ -3,13 +3,17 @@
 The block runs once on fake tensors (no real compute, no real memory), so a
 profile costs milliseconds. Each dispatched op records its flops (torch's
 flop-counter formulas, the same ones `FlopCounterMode` uses) and the bytes of
-the storages it creates; autograd's saved-tensor hooks record what the block
-would hold without AC. Blocks whose forward depends on data (`nonzero`,
+the storages it creates, and the child module it runs in; autograd's
+saved-tensor hooks record what the block would hold without AC and which
+children hold it. A timed profile also runs the block once for real and
+records each op's wall time, which prices recompute in eager mode. Blocks whose forward depends on data (`nonzero`,
 `.item()`) cannot run on fake tensors and are profiled once on real ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,16 +46,41 @@ class OpCost:
     flops: int
     bytes: int  # storages this op creates; 0 when its outputs alias existing ones
     random: bool = False  # draws random numbers (see `ac.rng`)
+    scope: str = ""  # the block's direct child it runs in; "" for the block's own code
+    seconds: float = 0.0  # wall time in a timed real forward; 0 when not timed
+
+
+@dataclass(frozen=True)
+class HeldStorage:
+    """A storage the block creates and autograd holds without AC: who made it, who holds it."""
+
+    bytes: int
+    creator: str  # scope of the op that created it
+    savers: frozenset[str]  # scopes whose ops saved it for backward
+    feeds: frozenset[str]  # children that take it as an input
 
 
 @dataclass(frozen=True)
 class BlockProfile:
     ops: tuple[OpCost, ...]
     no_ac_bytes: int  # activation bytes autograd holds for this block without AC
+    held: tuple[HeldStorage, ...] = ()
+    children: tuple[str, ...] = ()  # direct children that ran ops, in call order
 
     @property
     def flops(self) -> int:
         return sum(op.flops for op in self.ops)
+
+    def held_with_checkpointed(self, children: frozenset[str]) -> int:
+        """Bytes held when these children run under plain checkpointing and the rest without AC.
+
+        A checkpointed child keeps its inputs and drops what only its own ops saved.
+        """
+        return sum(
+            s.bytes
+            for s in self.held
+            if s.feeds & children or not (s.savers <= children and s.creator in children)
+        )
 
 
 class _Recorder(TorchDispatchMode):
@@ -59,6 +88,8 @@ class _Recorder(TorchDispatchMode):
         super().__init__()
         self.ops: list[OpCost] = []
         self.created: dict[StorageWeakRef, int] = {}
+        self.creator: dict[StorageWeakRef, str] = {}
+        self.scope = ""
         self._calls: Counter[torch._ops.OpOverload] = Counter()
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -72,6 +103,7 @@ class _Recorder(TorchDispatchMode):
             flops,
             self._new_storage_bytes(func, out),
             draws_random(func, args, kwargs),
+            self.scope,
         )
         self.ops.append(cost)
         self._calls[func] += 1
@@ -92,14 +124,18 @@ class _Recorder(TorchDispatchMode):
             ref = StorageWeakRef(tensor.untyped_storage())
             if ref not in self.created:
                 self.created[ref] = tensor.untyped_storage().nbytes()
+                self.creator[ref] = self.scope
                 created += self.created[ref]
         return created
 
 
-def profile_block(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BlockProfile:
+def profile_block(
+    block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], timed: bool = False
+) -> BlockProfile:
     """Run `block` once on fake copies of its inputs (real ones if it must) and record costs.
 
-    Dispatch modes already active (a FlopCounterMode, a MemTracker) are set aside
+    `timed`: also run it once for real and record each op's wall time. Dispatch
+    modes already active (a FlopCounterMode, a MemTracker) are set aside
     meanwhile: the profile is not part of the step they measure.
     """
     with _disable_current_modes():
@@ -107,10 +143,49 @@ def profile_block(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
             mode = FakeTensorMode(allow_non_fake_inputs=True)
             fake_args, fake_kwargs = tree_map_only(torch.Tensor, mode.from_tensor, (args, kwargs))
             with mode:
-                return _record(block, fake_args, fake_kwargs)
+                profile = _record(block, fake_args, fake_kwargs)
         except _NOT_FAKEABLE:
             real_args, real_kwargs = tree_map_only(torch.Tensor, _detached, (args, kwargs))
-            return _record(block, real_args, real_kwargs)
+            profile = _record(block, real_args, real_kwargs)
+        if not timed:
+            return profile
+        seconds = _op_seconds(block, args, kwargs)
+    if len(seconds) != len(profile.ops):  # the real run took another path: price by flops
+        return profile
+    ops = tuple(dataclasses.replace(op, seconds=s) for op, s in zip(profile.ops, seconds, strict=True))
+    return dataclasses.replace(profile, ops=ops)
+
+
+class _Timer(TorchDispatchMode):
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+        self.cuda = device.type == "cuda"
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if self.cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds.append(time.perf_counter() - start)
+        return out
+
+
+def _op_seconds(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[float]:
+    """Wall time of each op of one real forward; RNG streams and buffers are left as they were."""
+    device = next((t.device for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)), None)
+    device = device or torch.device("cpu")
+    buffers = {name: buffer.clone() for name, buffer in block.named_buffers()}
+    real_args, real_kwargs = tree_map_only(torch.Tensor, _detached, (args, kwargs))
+    timer = _Timer(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad(), timer:
+        block(*real_args, **real_kwargs)
+    with torch.no_grad():
+        for name, buffer in block.named_buffers():
+            buffer.copy_(buffers[name])
+    return timer.seconds
 
 
 def _detached(tensor: torch.Tensor) -> torch.Tensor:
@@ -118,18 +193,42 @@ def _detached(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _record(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BlockProfile:
-    saved: list[StorageWeakRef] = []
+    recorder = _Recorder()
+    savers: dict[StorageWeakRef, set[str]] = {}
+    feeds: dict[StorageWeakRef, set[str]] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        saved.append(StorageWeakRef(tensor.untyped_storage()))
+        savers.setdefault(StorageWeakRef(tensor.untyped_storage()), set()).add(recorder.scope)
         return tensor
 
-    recorder = _Recorder()
-    with recorder, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        block(*args, **kwargs)
+    def enter(name: str, inputs: tuple[Any, ...]) -> None:
+        recorder.scope = name
+        for tensor in tree_flatten(inputs)[0]:
+            if isinstance(tensor, torch.Tensor):
+                feeds.setdefault(StorageWeakRef(tensor.untyped_storage()), set()).add(name)
+
+    handles = []
+    for name, child in block.named_children():
+        handles.append(child.register_forward_pre_hook(lambda _, inputs, name=name: enter(name, inputs)))
+        handles.append(child.register_forward_hook(lambda *_: setattr(recorder, "scope", "")))
+    try:
+        with recorder, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            block(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
     # Only storages the block created count: inputs and parameters are held with or without AC.
-    held = set(saved) & recorder.created.keys()
-    return BlockProfile(tuple(recorder.ops), sum(recorder.created[ref] for ref in held))
+    held = tuple(
+        HeldStorage(
+            recorder.created[ref],
+            recorder.creator[ref],
+            frozenset(savers[ref]),
+            frozenset(feeds.get(ref, ())),
+        )
+        for ref in savers.keys() & recorder.created.keys()
+    )
+    children = tuple(dict.fromkeys(op.scope for op in recorder.ops if op.scope))
+    return BlockProfile(tuple(recorder.ops), sum(s.bytes for s in held), held, children)
 
 
 class ProfileCache:
@@ -140,12 +239,14 @@ class ProfileCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BlockProfile:
-        key = _signature(block, args, kwargs)
+    def get(
+        self, block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], timed: bool = False
+    ) -> BlockProfile:
+        key = (*_signature(block, args, kwargs), timed)
         profile = self._profiles.get(key)
         if profile is None:
             self.misses += 1
-            profile = self._profiles[key] = profile_block(block, args, kwargs)
+            profile = self._profiles[key] = profile_block(block, args, kwargs, timed)
         else:
             self.hits += 1
         return profile

@@ -1,13 +1,18 @@
-"""Choose which ops of a block to save within a memory budget.
+"""Choose how to run a block within a memory budget, at the least step time.
 
-Under selective checkpointing a block holds exactly the outputs of the ops it
-saves (plus its inputs, held with or without AC), and backward re-runs every
-other op once. So a plan's activation memory is the bytes of its saved ops and
-its recompute cost is the flops of the rest: a 0/1 knapsack that keeps the
-most flops within `budget * no_ac_bytes`. The ops that draw random numbers are
-one item, saved together or recomputed together (see `ac.rng`). Leaving the block unwrapped (no AC)
-holds `no_ac_bytes` and recomputes nothing; it competes as one more option.
-Identical blocks share one budget (see `solve`), which lets them mix plans.
+A plan is one of: no AC (holds `no_ac_bytes`, recomputes nothing); plain
+checkpointing of the whole block (full AC) or of some of its direct children
+(e.g. its attention or its MoE), which needs no dispatch mode; or selective
+checkpointing (SAC) that saves chosen ops. Under SAC a block holds exactly the
+outputs of the ops it saves (plus its inputs, held with or without AC) and
+backward re-runs every other op once; the ops that draw random numbers are one
+item, saved together or recomputed together (see `ac.rng`). Which ops to save
+is a 0/1 knapsack that keeps the most recompute time within the budget.
+
+Plans are priced in seconds (`ac.budget.costs`): recomputed flops and ops, and
+for SAC the dispatch mode's cost on every op, so at equal memory a plan without
+a dispatch mode wins. Identical blocks share one budget (see `solve`), which
+lets them mix plans.
 """
 
 from __future__ import annotations
@@ -19,17 +24,22 @@ from typing import Any
 
 import torch
 
+from ac.budget.costs import COMPILED, DeviceCosts
 from ac.budget.profile import BlockProfile, OpCost
 from ac.config import check_memory_budget
 
 OpKey = tuple[torch._ops.OpOverload, int]
-State = tuple[int, int, Any]  # (bytes held, flops not recomputed, what achieves them)
+State = tuple[int, float, Any]  # (bytes held, value: higher is better, what achieves them)
 
 # Largest Pareto front the knapsack keeps per step; beyond it, states are
 # merged into byte buckets (still feasible, no longer guaranteed optimal).
 MAX_FRONT = 4096
 # Largest number of candidate ops `exhaustive` accepts (2**n subsets).
 MAX_EXHAUSTIVE = 20
+# Most direct children whose subsets are tried as sub-module plans (2**n plans).
+MAX_CHILDREN = 8
+
+NONE, FULL, MODULES, SAC = "none", "full", "modules", "sac"
 
 
 @dataclass(frozen=True)
@@ -43,10 +53,12 @@ class Item:
 
 @dataclass(frozen=True)
 class Plan:
-    checkpoint: bool  # False: run the block without AC
-    saved: frozenset[OpKey]
+    kind: str  # NONE, FULL, MODULES (checkpoint `children`) or SAC (save `saved`)
     bytes: int
     recompute_flops: int
+    seconds: float  # estimated step time over no AC's
+    saved: frozenset[OpKey] = frozenset()
+    children: frozenset[str] = frozenset()
 
 
 def check_budget(budget: float) -> float:
@@ -77,69 +89,87 @@ def _item(ops: list[OpCost]) -> Item:
     return Item(keys, sum(op.flops for op in ops), sum(op.bytes for op in ops))
 
 
-def solve(profile: BlockProfile, budget: float, copies: int = 1) -> tuple[Plan, ...]:
-    """Plans for `copies` blocks with this profile: fewest recompute flops, bytes within budget.
+def solve(
+    profile: BlockProfile,
+    budget: float,
+    copies: int = 1,
+    costs: DeviceCosts = COMPILED,
+    module_plans: bool = False,
+) -> tuple[Plan, ...]:
+    """Plans for `copies` blocks with this profile: least estimated time, bytes within budget.
 
     The budget binds the blocks together, not each one: two blocks may mix full
-    AC and no AC where a plan halfway between them would recompute more. Plans
-    come sorted by bytes, so any first k blocks also keep within k blocks' budget.
+    AC and no AC where a plan halfway between them would cost more. Plans come
+    sorted by bytes, so any first k blocks also keep within k blocks' budget.
+    `module_plans` adds sub-module checkpointing (eager only).
     """
     if copies < 1:
         raise ValueError(f"copies={copies!r} must be a positive number of blocks")
-    capacity = budget_bytes(profile, budget)
-    options = _plan_front(profile, capacity * copies)
-    front: list[State] = [(0, 0, ())]
+    capacity = budget_bytes(profile, budget) * copies
+    options = plans(profile, capacity, costs, module_plans)
+    front: list[State] = [(0, 0.0, ())]
     for _ in range(copies):
         front = _pareto(
             [
-                (used + plan.bytes, saved + profile.flops - plan.recompute_flops, (*plans, plan))
-                for used, saved, plans in front
+                (used + plan.bytes, value - plan.seconds, (*chosen, plan))
+                for used, value, chosen in front
                 for plan in options
-                if used + plan.bytes <= capacity * copies
+                if used + plan.bytes <= capacity
             ]
         )
     return tuple(sorted(front[-1][2], key=lambda plan: plan.bytes))
 
 
-def _plan_front(profile: BlockProfile, capacity: int) -> list[Plan]:
-    """Every plan within `capacity` that no other beats on both bytes and recompute."""
-    items = candidates(profile)
-    front = [(0, 0, 0)]  # (bytes, saved flops, bitmask of saved items)
-    for bit, item in enumerate(items):
-        grown = [
-            (b + item.bytes, f + item.flops, m | 1 << bit) for b, f, m in front if b + item.bytes <= capacity
-        ]
-        front = _pareto(front + grown)
-    plans = [
-        _sac_plan(profile, [item for bit, item in enumerate(items) if mask >> bit & 1])
-        for _, _, mask in front
-    ]
+def plans(profile: BlockProfile, capacity: int, costs: DeviceCosts, module_plans: bool) -> list[Plan]:
+    """Every plan within `capacity` that no other beats on both bytes and time.
+
+    Plans without a dispatch mode come first, so they win ties with SAC plans.
+    """
+    options = [_full_plan(profile, costs)]
+    if module_plans and len(profile.children) <= MAX_CHILDREN:
+        for size in range(1, len(profile.children)):
+            for children in itertools.combinations(profile.children, size):
+                plan = _modules_plan(profile, frozenset(children), costs)
+                if plan.bytes <= capacity:
+                    options.append(plan)
     if profile.no_ac_bytes <= capacity:
-        plans.append(_no_ac_plan(profile))
-    return plans
+        options.append(Plan(NONE, profile.no_ac_bytes, 0, 0.0))
+    options += [_sac_plan(profile, saved, costs) for saved in _sac_front(profile, capacity, costs)]
+    front = _pareto([(plan.bytes, -plan.seconds, plan) for plan in options])
+    return [plan for _, _, plan in front]
 
 
-def exhaustive(profile: BlockProfile, budget: float) -> Plan:
-    """The exact optimum by trying every subset of candidate ops: the reference for tests."""
+def _sac_front(profile: BlockProfile, capacity: int, costs: DeviceCosts) -> list[list[Item]]:
+    """Sets of items to save that no other set beats on both bytes and recompute time."""
+    items = candidates(profile)
+    ops = {(op.op, op.index): op for op in profile.ops}
+    front: list[State] = [(0, 0.0, 0)]  # (bytes, saved seconds, bitmask of saved items)
+    for bit, item in enumerate(items):
+        value = costs.recompute_s(ops[key] for key in item.keys)
+        grown = [(b + item.bytes, v + value, m | 1 << bit) for b, v, m in front if b + item.bytes <= capacity]
+        front = _pareto(front + grown)
+    return [[item for bit, item in enumerate(items) if mask >> bit & 1] for _, _, mask in front]
+
+
+def exhaustive(profile: BlockProfile, budget: float, costs: DeviceCosts = COMPILED) -> Plan:
+    """The fastest SAC or no-AC plan by trying every subset of candidate ops: the reference for tests."""
     capacity = budget_bytes(profile, budget)
     items = candidates(profile)
     if len(items) > MAX_EXHAUSTIVE:
         raise ValueError(f"exhaustive search over {len(items)} ops; at most {MAX_EXHAUSTIVE} are allowed")
-    best: tuple[int, int, tuple[Item, ...]] = (0, 0, ())
+    best = _sac_plan(profile, [], costs)
     for size in range(1, len(items) + 1):
         for subset in itertools.combinations(items, size):
-            used = sum(item.bytes for item in subset)
-            saved = sum(item.flops for item in subset)
-            if used <= capacity and (saved, -used) > (best[0], -best[1]):
-                best = (saved, used, subset)
-    plan = _sac_plan(profile, list(best[2]))
-    if profile.no_ac_bytes <= capacity and (plan.recompute_flops, plan.bytes) > (0, profile.no_ac_bytes):
-        return _no_ac_plan(profile)
-    return plan
+            plan = _sac_plan(profile, list(subset), costs)
+            if plan.bytes <= capacity and (plan.seconds, plan.bytes) < (best.seconds, best.bytes):
+                best = plan
+    if profile.no_ac_bytes <= capacity and best.seconds > 0:
+        return Plan(NONE, profile.no_ac_bytes, 0, 0.0)
+    return best
 
 
 def _pareto(states: list[State]) -> list[State]:
-    """Drop states that hold more bytes for no more flops; merge buckets past MAX_FRONT."""
+    """Drop states that hold more bytes for no more value; merge buckets past MAX_FRONT."""
     states.sort(key=lambda s: (s[0], -s[1]))
     front: list[State] = []
     for state in states:
@@ -149,16 +179,26 @@ def _pareto(states: list[State]) -> list[State]:
         return front
     width = front[-1][0] / MAX_FRONT
     buckets: dict[int, State] = {}
-    for state in front:  # flops increase along the front: the last state of a bucket is its best
+    for state in front:  # value increases along the front: the last state of a bucket is its best
         buckets[int(state[0] / width)] = state
     return list(buckets.values())
 
 
-def _no_ac_plan(profile: BlockProfile) -> Plan:
-    return Plan(checkpoint=False, saved=frozenset(), bytes=profile.no_ac_bytes, recompute_flops=0)
-
-
-def _sac_plan(profile: BlockProfile, saved: list[Item]) -> Plan:
-    flops = profile.flops - sum(item.flops for item in saved)
+def _sac_plan(profile: BlockProfile, saved: list[Item], costs: DeviceCosts) -> Plan:
     keys = frozenset(key for item in saved for key in item.keys)
-    return Plan(True, keys, sum(item.bytes for item in saved), flops)
+    recomputed = [op for op in profile.ops if (op.op, op.index) not in keys]
+    # The dispatch mode sees every op twice: in forward and in the recompute.
+    seconds = costs.recompute_s(recomputed) + len(profile.ops) * costs.sac_dispatch_s + costs.region_s
+    flops = sum(op.flops for op in recomputed)
+    return Plan(SAC, sum(item.bytes for item in saved), flops, seconds, saved=keys)
+
+
+def _full_plan(profile: BlockProfile, costs: DeviceCosts) -> Plan:
+    return Plan(FULL, 0, profile.flops, costs.recompute_s(profile.ops) + costs.region_s)
+
+
+def _modules_plan(profile: BlockProfile, children: frozenset[str], costs: DeviceCosts) -> Plan:
+    ops = [op for op in profile.ops if op.scope in children]
+    seconds = costs.recompute_s(ops) + len(children) * costs.region_s
+    flops = sum(op.flops for op in ops)
+    return Plan(MODULES, profile.held_with_checkpointed(children), flops, seconds, children=children)
