@@ -112,7 +112,8 @@ def test_every_plan_holds_its_bytes_and_recomputes_its_flops():
         return activation_bytes(block, step, [x]), flops(step).backward
 
     full_held, full_backward = held_and_recomputed(_full(profile))
-    for plan in pareto:
+    one_of_each_kind = {plan.kind: plan for plan in pareto}.values()
+    for plan in one_of_each_kind:
         held, backward = held_and_recomputed(plan)
         assert held - full_held == plan.bytes, plan
         assert backward - (full_backward - profile.flops) == plan.recompute_flops, plan

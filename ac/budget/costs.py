@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from ac.budget.profile import OpCost
@@ -87,8 +88,14 @@ def _plain(x: torch.Tensor) -> None:
 def measure(device: torch.device) -> DeviceCosts:
     """Matmul rate, small-op cost, SAC dispatch cost and region cost on `device`.
 
-    Draws no random numbers: it runs inside a training step, whose RNG stream must not move.
+    Draws no random numbers: it runs inside a training step, whose RNG stream must
+    not move; and outside any dispatch mode (a FlopCounterMode, a MemTracker) measuring it.
     """
+    with _disable_current_modes():
+        return _measure(device)
+
+
+def _measure(device: torch.device) -> DeviceCosts:
     with torch.no_grad():
         x = torch.ones(16, device=device)
         size = 512 if device.type == "cuda" else 192

@@ -1,0 +1,116 @@
+"""ACConfig(compile=True): every mode compiled per block keeps its guarantees.
+
+The blocks compile with `measure.counting_backend()` (inductor's decompositions
+and partitioner, no code generation, flops counted per graph), so the CPU tier
+stays fast; one test compiles with inductor itself. Compiled graphs refuse
+dispatch modes, so memory is what autograd saves (`saved_activation_bytes`) and
+flops are those inside the compiled blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from ac import ACConfig, apply_ac
+from harness import measure
+from harness.models import moe
+from harness.modes import MODES
+
+pytestmark = pytest.mark.tiers("cpu")
+ARGS = moe.MoEArgs(n_layers=2, dropout=0.1)
+COMPILED_MODES = ("none", "full", "layer-2", "op", "budget-0.5")
+GRAD_TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}  # compiled graphs may reorder float sums
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    loss: torch.Tensor
+    grads: dict[str, torch.Tensor]
+    flops: measure.Flops
+    saved_bytes: int
+
+
+def _compiled(config: ACConfig, backend: str) -> tuple[moe.MoETransformer, torch.Tensor, torch.Tensor]:
+    model = apply_ac(moe.build(ARGS), dataclasses.replace(config, compile=True, compile_backend=backend))
+    tokens, targets = moe.batch(ARGS)
+    return model, tokens, targets
+
+
+def _seeded_step(model, tokens, targets):
+    torch.manual_seed(5)
+    return moe.loss_fn(model(tokens), targets)
+
+
+def _compile_every_mode() -> dict[str, Compiled]:
+    """Each mode compiled once; identical blocks and modes share graphs (torch caches them)."""
+    backend = measure.counting_backend()
+    results = {}
+    for mode in COMPILED_MODES:
+        model, tokens, targets = _compiled(dataclasses.replace(MODES[mode], early_stop=False), backend)
+        loss = _seeded_step(model, tokens, targets)
+        loss.backward()
+        grads = {name: grad.clone() for name, grad in measure.named_grads(model).items()}
+        step = lambda m=model, t=tokens, y=targets: _seeded_step(m, t, y)  # noqa: E731
+        flops = measure.compiled_flops(step)
+        saved = measure.saved_activation_bytes(step, [*model.parameters(), tokens])
+        results[mode] = Compiled(loss.detach(), grads, flops, saved)
+    return results
+
+
+def test_compiled_modes_keep_gradients_recompute_and_memory_order():
+    """One test, so xdist compiles the modes once (a module fixture would compile once per worker)."""
+    compiled = _compile_every_mode()
+    for mode in COMPILED_MODES[1:]:
+        assert torch.equal(compiled[mode].loss, compiled["none"].loss), mode
+        for name, grad in compiled["none"].grads.items():
+            torch.testing.assert_close(
+                compiled[mode].grads[name], grad, **GRAD_TOLERANCE, msg=f"{mode} {name}"
+            )
+    assert len({c.flops.forward for c in compiled.values()}) == 1, "AC must not change forward flops"
+    backward = {mode: c.flops.backward for mode, c in compiled.items()}
+    assert backward["none"] < backward["op"] < backward["full"], backward
+    assert backward["none"] < backward["layer-2"] < backward["full"], backward
+    assert backward["none"] <= backward["budget-0.5"] < backward["full"], backward
+    saved = {mode: c.saved_bytes for mode, c in compiled.items()}
+    assert saved["full"] < saved["layer-2"] < saved["none"], saved
+    assert saved["full"] < saved["op"] < saved["none"], saved
+    assert saved["full"] < saved["budget-0.5"] < saved["none"], saved
+
+
+class _DropoutBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(32, 64), nn.Linear(64, 32)
+        self.dropout = nn.Dropout(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(self.dropout(torch.relu(self.up(x))))
+
+
+def _inductor_step(config: ACConfig) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.layers = nn.ModuleList([_DropoutBlock()])
+    apply_ac(model, dataclasses.replace(config, compile=True, compile_backend="inductor"))
+    x = torch.randn(16, 32)
+    torch.manual_seed(3)
+    model.layers[0](x).sum().backward()
+    return model
+
+
+def test_inductor_memory_budget_with_dropout_matches_inductor_no_ac():
+    """The one inductor test (generated code; one small block keeps its two compiles quick):
+    the eager plan, run as a SAC region, replays inductor's dropout exactly."""
+    budget = _inductor_step(MODES["budget-0.25"])
+    [plan] = budget.layers[0].checkpoint_fn.func._by_call.values()
+    assert plan.kind != "none"  # the block is checkpointed: its dropout is recomputed or saved
+    measure.assert_grads_match(_inductor_step(MODES["none"]), budget, **GRAD_TOLERANCE)
+
+
+def test_bad_compile_backend_is_named_before_any_work():
+    with pytest.raises(ValueError, match=r"compile_backend='inductr' is not one of \[.*'inductor'"):
+        ACConfig(compile=True, compile_backend="inductr")
