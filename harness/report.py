@@ -2,9 +2,11 @@
 
 For each model and mode it measures forward and backward flops, recompute
 overhead (% of the no-AC step's flops), activation bytes held after forward and
-the step's peak (MemTracker), and whether gradients are bitwise equal to no
-AC's; on CUDA also the allocator's activation and peak bytes and step time. It
-prints a table per model, writes JSON and plots memory against recompute.
+the step's peak (MemTracker), whether gradients equal no AC's, and step time
+(median of interleaved steps); on CUDA also the allocator's activation and peak
+bytes. Compiled rows (each block compiled after AC) come on CUDA by default. It
+prints a table per model, writes JSON and plots memory against recompute and
+against step time.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import importlib.util
 import json
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,68 +25,97 @@ if TYPE_CHECKING:
 
     from harness.sweep import Row
 
-from harness.models import MODELS
+from harness.models import MODELS, report_defaults
 from harness.units import MIB
 
-DEFAULT_MODELS = [name for name, spec in MODELS.items() if spec.in_default_report]
 DEVICES = ("auto", "cpu", "cuda")
+# `--compile-backend`: "auto" compiles on CUDA with inductor and not on CPU (minutes of C++ builds).
+NO_COMPILE, AUTO_COMPILE = "none", "auto"
 # cuBLAS reads this when it starts; deterministic algorithms need it on CUDA.
 CUBLAS_WORKSPACE = ":4096:8"
 
 
-def pareto(rows: list[Row]) -> list[str]:
-    """Modes no other mode beats on both activation bytes and recompute."""
+def _front(rows: list[Row], cost: str) -> list[str]:
+    """Modes no other row beats on both activation bytes and `cost` (a Row field)."""
+
+    def point(r: Row) -> tuple[float, float]:
+        return (memory_of(r), getattr(r, cost))
+
     return [
         r.mode
         for r in rows
         if not any(
-            (o.activation_bytes, o.recompute_pct) < (r.activation_bytes, r.recompute_pct)
-            and o.activation_bytes <= r.activation_bytes
-            and o.recompute_pct <= r.recompute_pct
-            for o in rows
+            point(o) < point(r) and all(a <= b for a, b in zip(point(o), point(r), strict=True)) for o in rows
         )
     ]
 
 
+def memory_of(row: Row) -> int:
+    """The activation bytes rows are compared on: CUDA's allocator where measured, else MemTracker's."""
+    return row.cuda_activation_bytes if row.cuda_activation_bytes is not None else row.activation_bytes
+
+
+def pareto(rows: list[Row]) -> list[str]:
+    """Eager modes no other beats on both activation bytes and recompute flops."""
+    return _front([r for r in rows if not r.compiled], "recompute_pct")
+
+
+def time_pareto(rows: list[Row]) -> list[str]:
+    """Modes no other beats on both activation bytes and step time. On CPU only eager rows
+    compete: compiled rows' bytes are what autograd saves, not MemTracker's."""
+    cuda = rows[0].cuda_activation_bytes is not None
+    return _front([r for r in rows if cuda or not r.compiled], "step_ms")
+
+
 def table(name: str, rows: list[Row]) -> str:
     """A markdown table of one model's rows."""
-    cuda = rows[0].step_ms is not None
+    cuda = rows[0].cuda_activation_bytes is not None
     none_act = rows[0].activation_bytes or 1
-    front = set(pareto(rows))
-    head = (
-        "| mode | fwd MFLOP | bwd MFLOP | recompute % | act MiB | act % of none | peak MiB | grads bitwise |"
-    )
-    head += " CUDA act MiB | CUDA peak MiB | step ms |" if cuda else ""
+    flop_front, time_front = set(pareto(rows)), set(time_pareto(rows))
+    head = "| mode | fwd MFLOP | bwd MFLOP | recompute % | act MiB | act % of none | peak MiB | grads equal |"
+    head += " step ms | step % of none |"
+    head += " CUDA act MiB | CUDA peak MiB |" if cuda else ""
     lines = [f"### {name}", "", head, "|" + "---|" * head.count(" |")]
+    none_ms = rows[0].step_ms or 1.0
     for r in rows:
+        marks = ("*" if r.mode in flop_front else "") + ("" if r.mode in time_front else "†")
         cells = [
-            r.mode + (" *" if r.mode in front else ""),
-            f"{r.forward_flops / 1e6:.1f}",
-            f"{r.backward_flops / 1e6:.1f}",
-            f"{r.recompute_pct:.1f}",
+            r.mode + (f" {marks}" if marks else ""),
+            _number(r.forward_flops, 1e6, ".1f"),
+            _number(r.backward_flops, 1e6, ".1f"),
+            _number(r.recompute_pct, 1, ".1f"),
             f"{r.activation_bytes / MIB:.3f}",
             f"{100 * r.activation_bytes / none_act:.0f}",
-            f"{r.peak_bytes / MIB:.3f}",
-            "yes" if r.grads_bitwise_equal else "no",
+            _number(r.peak_bytes, MIB, ".3f"),
+            "yes" if r.grads_equal else "no",
+            f"{r.step_ms:.2f}",
+            f"{100 * r.step_ms / none_ms:.0f}",
         ]
         if cuda:
-            cells += [
-                f"{r.cuda_activation_bytes / MIB:.3f}",
-                f"{r.cuda_peak_bytes / MIB:.3f}",
-                f"{r.step_ms:.2f}",
-            ]
+            cells += [f"{r.cuda_activation_bytes / MIB:.3f}", f"{r.cuda_peak_bytes / MIB:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n`*`: on the Pareto front of activation memory vs recompute.\n"
+    legend = (
+        "`*`: on the Pareto front of activation memory vs recompute flops; `†`: dominated in time "
+        "(another mode holds no more memory and steps faster)."
+    )
+    if any(r.compiled for r in rows):
+        legend += " Compiled rows: act MiB is what autograd saves; no flop counts (compiled graphs refuse a FlopCounterMode)."
+    return "\n".join(lines) + f"\n\n{legend}\n"
+
+
+def _number(value: float | None, unit: float, spec: str) -> str:
+    return "n/a" if value is None else format(value / unit, spec)
 
 
 def grads_compared(device: torch.device) -> str:
-    """What "grads bitwise" compared, in words for the report."""
+    """What "grads equal" compared, in words for the report."""
+    text = "every eager mode's against no AC's, bitwise"
     if device.type == "cuda":
-        return (
-            "every mode's against no AC's, bitwise, both under torch.use_deterministic_algorithms(True) "
+        text += (
+            ", both under torch.use_deterministic_algorithms(True) "
             f"with CUBLAS_WORKSPACE_CONFIG={os.environ.get('CUBLAS_WORKSPACE_CONFIG')}"
         )
-    return "every mode's against no AC's, bitwise"
+    return text + "; compiled modes' against compiled no AC's, within rtol 1e-4, atol 1e-5"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -94,19 +124,27 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports/)")
     parser.add_argument(
         "--models",
-        default=",".join(DEFAULT_MODELS),
-        help=f"comma list from {list(MODELS)} (default: %(default)s)",
+        default="",
+        help=f"comma list from {list(MODELS)} (default: {report_defaults('cpu')} on CPU, "
+        f"{report_defaults('cuda')} on CUDA)",
     )
     parser.add_argument("--device", default="auto", help=f"one of {list(DEVICES)} (default: best available)")
+    parser.add_argument(
+        "--compile-backend",
+        default=AUTO_COMPILE,
+        help="torch.compile backend of the compiled rows; 'none' for no compiled rows "
+        "(default 'auto': inductor on CUDA, none on CPU)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     parser.set_defaults(run=main)
 
 
 def check_arguments(args: argparse.Namespace) -> list[str]:
-    """The models to measure; a ValueError naming the bad value and what is allowed, before any work."""
+    """The models asked for ([] for the device's defaults); a ValueError naming the bad
+    value and what is allowed, before any work."""
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in MODELS]
-    if unknown or not models:
+    if unknown or (args.models and not models):
         raise ValueError(f"--models {args.models!r}: unknown {unknown}; allowed are {list(MODELS)}")
     if args.device not in DEVICES:
         raise ValueError(f"--device {args.device!r} is not one of {list(DEVICES)}")
@@ -118,20 +156,36 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
     return models
 
 
+def compile_backend_for(choice: str, device: torch.device) -> str | None:
+    """The backend of the compiled rows, or None for none; an unknown one is a ValueError."""
+    import torch._dynamo
+
+    if choice == NO_COMPILE:
+        return None
+    if choice == AUTO_COMPILE:
+        return "inductor" if device.type == "cuda" else None
+    allowed = [NO_COMPILE, AUTO_COMPILE, *torch._dynamo.list_backends(exclude_tags=())]
+    if choice not in allowed:
+        raise ValueError(f"--compile-backend {choice!r} is not one of {allowed}")
+    return choice
+
+
 def main(args: argparse.Namespace) -> int:
     models = check_arguments(args)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     import torch
 
-    from harness.sweep import device_for, run
+    from harness.sweep import as_dicts, device_for, run
 
     device = device_for(args.device)
+    backend = compile_backend_for(args.compile_backend, device)
+    models = models or report_defaults(device.type)
     threads = torch.get_num_threads()
     if device.type == "cpu":
-        # Flops and bytes do not depend on threads; OpenMP spinning on a busy small host does.
+        # One thread: OpenMP spinning on a busy small host makes step times noise.
         torch.set_num_threads(1)
     try:
-        rows = run(models, device, lambda line: print(line, file=sys.stderr, flush=True))
+        rows = run(models, device, lambda line: print(line, file=sys.stderr, flush=True), backend)
     finally:
         torch.set_num_threads(threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +195,8 @@ def main(args: argparse.Namespace) -> int:
         "torch": torch.__version__,
         "grads_compared": grads_compared(device),
         "models": {
-            name: {"rows": [asdict(r) for r in rs], "pareto": pareto(rs)} for name, rs in rows.items()
+            name: {"rows": as_dicts(rs), "pareto": pareto(rs), "time_pareto": time_pareto(rs)}
+            for name, rs in rows.items()
         },
     }
     (args.out / "ac-report.json").write_text(json.dumps(report, indent=2) + "\n")

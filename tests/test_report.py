@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
 import pytest
 import torch
 
-from harness import report, sweep
+from harness import models, report, sweep
 from harness.__main__ import main
 from harness.models.toy import FLOP_UNIT, REFERENCE
 from harness.modes import MODES
@@ -17,8 +18,11 @@ from harness.units import MIB
 pytestmark = pytest.mark.tiers("cpu")
 
 
-def _row(mode: str, recompute: float, act: int) -> sweep.Row:
-    return sweep.Row("m", mode, 1, 1, recompute, act, act, True)
+def _row(mode: str, recompute: float, act: int, step_ms: float = 1.0, compiled: bool = False) -> sweep.Row:
+    flops = None if compiled else 1
+    return sweep.Row(
+        "m", mode, flops, flops, None if compiled else recompute, act, act, True, step_ms, compiled
+    )
 
 
 def test_pareto_keeps_only_undominated_modes():
@@ -27,10 +31,26 @@ def test_pareto_keeps_only_undominated_modes():
     assert report.pareto(rows) == ["none", "full", "mid", "tie"]
 
 
+def test_time_front_marks_modes_a_faster_one_dominates_at_no_more_memory():
+    rows = [
+        _row("none", 0.0, 100, step_ms=10.0),
+        _row("full", 30.0, 10, step_ms=14.0),
+        _row("op", 10.0, 40, step_ms=25.0),  # fewer flops than full, slower than it at more memory
+        _row("layer-2", 15.0, 40, step_ms=12.0),
+        _row("op compiled", 0.0, 5, step_ms=11.0, compiled=True),  # CPU: saved bytes, not comparable
+    ]
+    assert report.time_pareto(rows) == ["none", "full", "layer-2"]
+    assert report.pareto(rows) == ["none", "full", "op"]
+    text = report.table("m", rows)
+    assert "| op *† |" in text and "| layer-2 |" in text and "| full * |" in text
+    assert "| op compiled † | n/a | n/a | n/a |" in text
+
+
 def test_matched_budget_is_the_share_of_no_ac_memory():
-    rows = [_row("none", 0.0, 110), _row("full", 30.0, 10), _row("op", 5.0, 60), _row("big", 0.0, 200)]
-    assert sweep.matched_budget(rows, "op") == 0.5
-    assert sweep.matched_budget(rows, "big") == 1.0
+    figures = {"none": 110, "full": 10, "op": 60, "big": 200}
+    figures = {mode: {"activation_bytes": act} for mode, act in figures.items()}
+    assert sweep.matched_budget(figures, "op") == 0.5
+    assert sweep.matched_budget(figures, "big") == 1.0
 
 
 def test_toy_report_reproduces_reference_and_writes_json(tmp_path, capsys):
@@ -41,19 +61,45 @@ def test_toy_report_reproduces_reference_and_writes_json(tmp_path, capsys):
     for mode, want in REFERENCE.items():
         got = (rows[mode]["backward_flops"] / FLOP_UNIT, rows[mode]["activation_bytes"] / MIB)
         assert (got[0], round(got[1], 3)) == want, mode
-    assert all(r["grads_bitwise_equal"] for r in rows.values())
+    assert all(r["grads_equal"] for r in rows.values())
+    assert all(r["step_ms"] > 0 for r in rows.values())
+    assert data["models"]["toy"]["time_pareto"]
     assert rows["budget@op"]["recompute_pct"] <= rows["op"]["recompute_pct"]
     out, err = capsys.readouterr()
-    assert "### toy" in out and "| budget-0.5 * |" in out
-    assert err.count("\n") == len(rows) and f"[1/{len(rows)}] toy" in err
-    assert data["grads_compared"] == "every mode's against no AC's, bitwise" and "Gradients: every" in out
+    assert "### toy" in out and "| budget-0.5 *" in out
+    assert err.count("\n") == len(rows) + 1 and "toy        step times" in err
+    assert data["grads_compared"].startswith("every eager mode's against no AC's, bitwise;")
+    assert "Gradients: every eager" in out
+
+
+def test_compiled_rows_compare_with_compiled_no_ac():
+    device, backend = torch.device("cpu"), "aot_eager_decomp_partition"
+    figures, reference = {}, None
+    for mode in ("none", "full"):
+        config = dataclasses.replace(MODES[mode], compile=True, compile_backend=backend)
+        figures[mode], grads = sweep.measure_compiled(models.build("toy", device), config, reference)
+        reference = reference or grads
+    assert all(f["compiled"] and f["grads_equal"] and f["backward_flops"] is None for f in figures.values())
+    assert figures["full"]["activation_bytes"] < figures["none"]["activation_bytes"]
+    broken = {name: g + 1 for name, g in reference.items()}
+    figures, _ = sweep.measure_compiled(models.build("toy", device), config, broken)
+    assert not figures["grads_equal"]
 
 
 def test_plot_draws_a_png(tmp_path):
     from harness.plot import plot  # needs matplotlib, which `make setup` installs
 
-    rows = [_row("none", 0.0, 100 * MIB), _row("full", 30.0, 0), _row("budget-0.5", 10.0, 40 * MIB)]
-    data = {"rows": [vars(r) for r in rows], "pareto": report.pareto(rows)}
+    rows = [
+        _row("none", 0.0, 100 * MIB),
+        _row("full", 30.0, 0, step_ms=2.0),
+        _row("budget-0.5", 10.0, 40 * MIB),
+        _row("none compiled", 0.0, 90 * MIB, compiled=True),
+    ]
+    data = {
+        "rows": [vars(r) for r in rows],
+        "pareto": report.pareto(rows),
+        "time_pareto": report.time_pareto(rows),
+    }
     plot(
         {"device": "cpu", "torch": torch.__version__, "models": {"m": data, "n": data, "o": data}},
         tmp_path / "p.png",
@@ -67,12 +113,18 @@ def test_plot_draws_a_png(tmp_path):
         (["--models", "toy,gpt"], r"--models 'toy,gpt': unknown \['gpt'\]; allowed are \['toy'"),
         (["--models", ","], r"--models ',': unknown \[\]"),
         (["--device", "tpu"], r"--device 'tpu' is not one of \['auto', 'cpu', 'cuda'\]"),
+        (["--device", "cpu", "--compile-backend", "inductr"], r"--compile-backend 'inductr' is not one of"),
     ],
 )
 def test_bad_arguments_fail_before_any_measurement(tmp_path, argv, message):
     with pytest.raises(ValueError, match=message):
         main(["report", "--out", str(tmp_path), *argv])
     assert not any(tmp_path.iterdir())
+
+
+def test_gpu_sized_model_is_in_the_cuda_report_only():
+    assert "moe-gpu" in models.report_defaults("cuda") and "moe-gpu" not in models.report_defaults("cpu")
+    assert models.report_defaults("cpu") == ["toy", "moe-tiny", "moe-small"]
 
 
 def test_missing_matplotlib_is_named_before_measuring(tmp_path, monkeypatch):
@@ -88,4 +140,4 @@ def test_cuda_report_compares_gradients_under_deterministic_algorithms(tier, tmp
     assert main(["report", "--models", "toy", "--device", "cuda", "--no-plot", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "ac-report.json").read_text())
     assert "use_deterministic_algorithms(True)" in data["grads_compared"]
-    assert all(r["grads_bitwise_equal"] for r in data["models"]["toy"]["rows"])
+    assert all(r["grads_equal"] for r in data["models"]["toy"]["rows"])

@@ -30,7 +30,7 @@ class Built:
 class ModelSpec:
     name: str
     build: Callable[..., Built]  # (device, **options) -> Built
-    in_default_report: bool = True
+    report_devices: tuple[str, ...] = ("cpu", "cuda")  # device types whose default report has it
 
 
 def build_toy(device: torch.device | str = "cpu", n_blocks: int = 1) -> Built:
@@ -45,12 +45,14 @@ def build_toy(device: torch.device | str = "cpu", n_blocks: int = 1) -> Built:
     return Built(model, lambda: model(x), [x], lambda: x)
 
 
-def build_moe(size: str, device: torch.device | str = "cpu") -> Built:
+def build_moe(size: str, device: torch.device | str = "cpu", dtype: str = "float32") -> Built:
     """The MoE transformer (`harness.models.moe`) at one of its `SIZES`, with a batch."""
+    import torch
+
     from harness.models import moe
 
     args = moe.SIZES[size]
-    model = moe.build(args, device=device)
+    model = moe.build(args, device=device, dtype=getattr(torch, dtype))
     tokens, targets = moe.batch(args, device=device)
     return Built(
         model,
@@ -67,9 +69,15 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("moe-tiny", functools.partial(build_moe, "tiny")),
         ModelSpec("moe-small", functools.partial(build_moe, "small")),
         # About a minute more on a 2-core CPU: asked for by name.
-        ModelSpec("moe-medium", functools.partial(build_moe, "medium"), in_default_report=False),
+        ModelSpec("moe-medium", functools.partial(build_moe, "medium"), report_devices=()),
+        ModelSpec("moe-gpu", functools.partial(build_moe, "gpu", dtype="bfloat16"), report_devices=("cuda",)),
     )
 }
+
+
+def report_defaults(device_type: str) -> list[str]:
+    """The models a report on this device type measures unless told otherwise."""
+    return [name for name, spec in MODELS.items() if device_type in spec.report_devices]
 
 
 def build(name: str, device: torch.device | str = "cpu", **options: object) -> Built:

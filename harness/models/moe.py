@@ -34,6 +34,17 @@ SIZES = {
     "tiny": MoEArgs(),
     "small": MoEArgs(dim=128, n_layers=4, n_heads=4, n_experts=8, expert_hidden=192, seq_len=64),
     "medium": MoEArgs(dim=256, n_layers=4, n_heads=8, n_experts=8, expert_hidden=384, seq_len=128),
+    # A realistic size for one GPU (about 660M parameters, run in bf16): where eager SAC turns CPU-bound.
+    "gpu": MoEArgs(
+        vocab_size=32768,
+        dim=1024,
+        n_layers=8,
+        n_heads=16,
+        n_experts=8,
+        expert_hidden=2816,
+        seq_len=2048,
+        batch_size=8,
+    ),
 }
 
 
@@ -150,10 +161,15 @@ class MoETransformer(nn.Module):
         return self.output(self.norm(h))
 
 
-def build(args: MoEArgs = MoEArgs(), seed: int = 0, device: torch.device | str = "cpu") -> MoETransformer:
+def build(
+    args: MoEArgs = MoEArgs(),
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> MoETransformer:
     """The same weights for the same seed, whatever the device."""
     torch.manual_seed(seed)
-    return MoETransformer(args).to(device)
+    return MoETransformer(args).to(device=device, dtype=dtype)
 
 
 def batch(
