@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed-$(TORCH_VERSION)
 PYTEST := $(BIN)/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-cpu test-gpu lint report bench bench-xdist bench-ranks bench-budget clean
+.PHONY: help setup test test-cpu test-gpu lint report bench bench-xdist bench-ranks bench-budget bench-ac clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,7 +49,7 @@ lint: setup ## ruff, workflow schema + zizmor security audit, hadolint on every 
 report: setup ## every AC mode on the reference models: tables on stdout, reports/ac-report.{json,png}
 	$(BIN)/python -m harness report
 
-bench: bench-xdist bench-ranks bench-budget ## run every benchmark (figures go into bench/README.md by hand)
+bench: bench-xdist bench-ranks bench-budget bench-ac ## run every benchmark (figures go into bench/README.md by hand)
 
 bench-xdist: setup ## CPU tier wall time, -n 2 against -n 0, side by side
 	$(BIN)/python bench/xdist_speedup.py --workers 2 --repeats 2
@@ -59,6 +59,10 @@ bench-ranks: setup ## 40 two-rank tests: harness.ranks pools vs torch's MultiPro
 
 bench-budget: setup ## memory_budget mode: profiling cost per block, solver time, gap to the optimum
 	$(BIN)/python bench/budget_bench.py
+
+bench-ac: setup ## every AC mode eager and compiled: step time vs none, activation bytes, SAC cost per op; gradients with dropout
+	$(BIN)/python bench/ac_bench.py --compiled
+	$(BIN)/python bench/random_ops_bench.py
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

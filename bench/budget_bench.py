@@ -2,9 +2,11 @@
 
 For each reference model it profiles one block on fake tensors (its first
 profile, after the process's one-time FakeTensorMode warm-up, and the best of
-three later ones), solves the knapsack at a few budgets and compares its
-recompute flops with exhaustive search over every subset of candidate ops. A
-synthetic 48-op block times the solver alone.
+three later ones; and the timed profile eager mode takes, which also runs the
+block once for real), solves the knapsack at a few budgets with flop pricing
+(what compiled regions use) and compares its recompute flops with exhaustive
+search over every subset of candidate ops. A synthetic 48-op block times the
+solver alone.
 
     .venv/bin/python bench/budget_bench.py
 """
@@ -20,17 +22,18 @@ from collections.abc import Callable
 
 import torch
 
-from ac.budget import BlockProfile, OpCost, exhaustive, profile_block, solve
-from ac.budget.solver import MAX_EXHAUSTIVE, candidates
+from ac.budget.profile import BlockProfile, OpCost, profile_block
+from ac.budget.solver import MAX_EXHAUSTIVE, candidates, exhaustive, solve
 from harness import models
 from harness.models import toy
 
 BUDGETS = (0.1, 0.25, 0.5, 0.75)
+BLOCKS = ("toy", "moe-tiny", "moe-small", "moe-medium")  # moe-gpu's block is a GPU's work
 
 
 def _blocks() -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
     blocks = {}
-    for name in models.MODELS:
+    for name in BLOCKS:
         built = models.build(name)
         blocks[name] = (built.model.layers["0"], built.block_input())
     return blocks
@@ -57,7 +60,9 @@ def _synthetic(n_ops: int, seed: int = 0) -> BlockProfile:
     return BlockProfile(ops, no_ac_bytes=sum(op.bytes for op in ops))
 
 
-def _row(name: str, profile: BlockProfile, cold: float | None, warm: float | None) -> str:
+def _row(
+    name: str, profile: BlockProfile, cold: float | None, warm: float | None, timed: float | None
+) -> str:
     solve_ms = 1e3 * max(_seconds(functools.partial(solve, profile, b), repeat=3) for b in BUDGETS)
     gaps = []
     for budget in BUDGETS:
@@ -69,7 +74,7 @@ def _row(name: str, profile: BlockProfile, cold: float | None, warm: float | Non
         gaps.append(
             f"{100 * (plan.recompute_flops - best.recompute_flops) / max(best.recompute_flops, 1):.1f}%"
         )
-    times = "n/a | n/a" if cold is None else f"{cold:.3f} | {warm:.3f}"
+    times = "n/a | n/a | n/a" if cold is None else f"{cold:.3f} | {warm:.3f} | {timed:.3f}"
     return f"| {name} | {len(profile.ops)} | {len(candidates(profile))} | {times} | {solve_ms:.2f} | {', '.join(gaps)} |"
 
 
@@ -82,16 +87,17 @@ def main() -> None:
     warmup = _seconds(functools.partial(profile_block, toy.ToyBlock(), (toy.toy_input(),), {}))
     print(f"first profile in this process (FakeTensorMode warm-up, once per process): {warmup:.3f} s\n")
     print(
-        "| block | ops | candidates | first profile s | later profiles s (best of 3) | solve ms (slowest budget) |"
-        f" recompute above the optimum at budgets {', '.join(map(str, BUDGETS))} |"
+        "| block | ops | candidates | first profile s | later profiles s (best of 3) | timed profile s (eager) |"
+        f" solve ms (slowest budget) | recompute above the optimum at budgets {', '.join(map(str, BUDGETS))} |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name, (block, x) in blocks.items():
         profile_once = functools.partial(profile_block, block, (x,), {})
         cold = _seconds(profile_once)
         warm = _seconds(profile_once, repeat=3)
-        print(_row(name, profile_once(), cold, warm))
-    print(_row("synthetic-48", _synthetic(48), None, None))
+        timed = _seconds(functools.partial(profile_block, block, (x,), {}, timed=True), repeat=3)
+        print(_row(name, profile_once(), cold, warm, timed))
+    print(_row("synthetic-48", _synthetic(48), None, None, None))
 
 
 if __name__ == "__main__":

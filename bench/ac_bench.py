@@ -1,0 +1,132 @@
+"""Step time of every AC mode, eager and compiled, against no AC, on the device at hand.
+
+For each mode: median wall time of one forward+backward over interleaved
+steps (warm-up excluded), its ratio to no AC's, activation bytes held after
+forward (MemTracker; compiled: what autograd saves, as compiled graphs refuse
+MemTracker's dispatch mode), and the SAC dispatch cost per op this process
+measured (what the memory_budget planner prices). Plain checkpointing of each block's
+attention or MoE (`attn-ckpt`, `moe-ckpt`, no dispatch mode) is measured too:
+it is one of the simple options the eager budget must not be slower than.
+
+    .venv/bin/python bench/ac_bench.py [--model moe-small] [--steps 15] [--compiled] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+from ac import ACConfig, apply_ac
+from ac.budget import costs
+from harness import measure, models
+from harness.modes import MODES
+from harness.units import MIB
+
+EAGER_MODES = [
+    "none",
+    "full",
+    "layer-2",
+    "op",
+    "budget-0.1",
+    "budget-0.25",
+    "budget-0.5",
+    "budget-0.75",
+    "budget-1.0",
+]
+COMPILED_MODES = ["none", "full", "op", "budget-0.5"]
+SUBMODULES = {"attn-ckpt": "attention", "moe-ckpt": "moe"}
+
+
+def _config(mode: str) -> ACConfig:
+    kind, _, value = mode.partition("-")
+    if kind == "budget":
+        return ACConfig(mode="memory_budget", memory_budget=float(value))
+    if kind == "layer":
+        return ACConfig(selective_ac_option=value)
+    return MODES[mode]
+
+
+def _build(name: str, mode: str, device: torch.device, compile_backend: str | None) -> models.Built:
+    built = models.build(name, device)
+    if mode in SUBMODULES:
+        for block in built.model.layers.values():
+            child = SUBMODULES[mode]
+            setattr(block, child, checkpoint_wrapper(getattr(block, child), preserve_rng_state=True))
+        return built
+    config = _config(mode)
+    if compile_backend is not None:
+        config = dataclasses.replace(config, compile=True, compile_backend=compile_backend)
+    apply_ac(built.model, config)
+    return built
+
+
+def _step_s(step: Callable[[], torch.Tensor], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    measure.scalar_loss(step()).backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _table(name: str, modes: list[str], device: torch.device, steps: int, backend: str | None) -> None:
+    built = {mode: _build(name, mode, device, backend) for mode in modes}
+    for b in built.values():  # warm-up: profiles, plans, compiled graphs, allocator
+        for _ in range(2):
+            _step_s(b.step, device)
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    for _ in range(steps):  # interleaved, so load on a shared machine hits every mode alike
+        for mode, b in built.items():
+            times[mode].append(_step_s(b.step, device))
+    none = statistics.median(times["none"])
+    label = "eager" if backend is None else f"compiled ({backend})"
+    print(f"\n{name}, {label}: median of {steps} interleaved steps\n")
+    memory = "activation MiB (MemTracker)" if backend is None else "saved MiB (autograd)"
+    print(f"| mode | step ms | ratio to none | {memory} |")
+    print("|---|---|---|---|")
+    for mode, b in built.items():
+        if backend is None:
+            held = measure.activation_bytes(b.model, b.step, b.inputs)
+        else:  # compiled graphs refuse MemTracker's dispatch mode
+            held = measure.saved_activation_bytes(b.step, [*b.model.parameters(), *b.inputs])
+        median = statistics.median(times[mode])
+        print(f"| {mode} | {1e3 * median:.2f} | {median / none:.2f} | {held / MIB:.2f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="moe-small")
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compiled", action="store_true", help="also compile each block (inductor)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]
+    print(
+        f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, load {load:.1f}, "
+        f"{device}, torch {torch.__version__}, {args.threads} thread(s)"
+    )
+    device_costs = costs.measure(device)
+    print(
+        f"SAC dispatch cost per op (forward + recompute): {1e6 * device_costs.sac_dispatch_s:.1f} us; "
+        f"eager op {1e6 * device_costs.op_s:.1f} us; matmul {device_costs.flops_per_s / 1e9:.1f} GFLOP/s"
+    )
+    _table(args.model, [*EAGER_MODES, *SUBMODULES], device, args.steps, None)
+    if args.compiled:
+        _table(args.model, COMPILED_MODES, device, args.steps, "inductor")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
