@@ -27,8 +27,7 @@ def modes() -> list[str]:
     """The values `ACConfig.mode` accepts: every registered mode, "selective" for layer and op SAC."""
     from ac.modes import REGISTRY  # the registry imports this module
 
-    names = [name for name in REGISTRY if name not in SELECTIVE_KINDS]
-    return [*names[:2], "selective", *names[2:]]
+    return [name for name in REGISTRY if name not in SELECTIVE_KINDS] + ["selective"]
 
 
 def _check_backend(backend: object) -> None:

@@ -7,8 +7,9 @@ import warnings
 import pytest
 import tomllib
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
 
-from ac import ACConfig, apply_ac
+from ac import ACConfig, apply_ac, modes
 from harness.models.moe import MoEArgs, build
 from harness.models.toy import ToyModel
 
@@ -46,7 +47,7 @@ def test_from_dict_rejects_unknown_keys_naming_them():
     [
         (
             {"mode": "partial"},
-            r"mode='partial' is not one of \['none', 'full', 'selective', 'memory_budget'\]",
+            r"mode='partial' is not one of \['none', 'full', 'memory_budget', 'selective'\]",
         ),
         ({"selective_ac_option": "0"}, r"selective_ac_option='0' is not allowed.*\"op\".*positive integer"),
         ({"selective_ac_option": "-2"}, r"selective_ac_option='-2'"),
@@ -66,6 +67,23 @@ def test_from_dict_rejects_unknown_keys_naming_them():
 def test_bad_config_values_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ACConfig(**kwargs)
+
+
+def test_compile_is_read_from_toml_and_compiles_each_wrapped_block():
+    config = ACConfig.from_dict({"mode": "full", "compile": True, "compile_backend": "aot_eager"})
+    model = apply_ac(ToyModel(n_blocks=2), config)
+    assert all(block._compiled_call_impl is not None for block in model.layers.values())
+    assert ACConfig().compile is False
+
+
+def test_a_new_mode_is_one_class_and_one_registry_line(monkeypatch):
+    class EveryOther(modes.ACMode):
+        def wrap(self, block, name, position):
+            return self.checkpointed(block, name) if position % 2 else block
+
+    monkeypatch.setitem(modes.REGISTRY, "every_other", EveryOther)
+    model = apply_ac(ToyModel(n_blocks=3), ACConfig(mode="every_other"))
+    assert [isinstance(b, ActivationWrapper) for b in model.layers.values()] == [True, False, True]
 
 
 def test_rng_state_is_preserved_by_default():
