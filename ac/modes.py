@@ -63,9 +63,15 @@ class ACMode:
         """The block as the model should run it; `position` counts blocks from 1."""
         return block
 
-    def checkpointed(self, block: nn.Module, name: str, **wrapper_kwargs: Any) -> nn.Module:
-        """`block` under non-reentrant checkpointing with this mode's options."""
-        if not self.options.preserve_rng_state:
+    def checkpointed(
+        self, block: nn.Module, name: str, watch: bool = True, **wrapper_kwargs: Any
+    ) -> nn.Module:
+        """`block` under non-reentrant checkpointing with this mode's options.
+
+        `watch`: warn if the block draws random numbers without preserved RNG state
+        (not for a wrapper that runs compiled regions, which replay them anyway).
+        """
+        if watch and not self.options.preserve_rng_state:
             wrapper_kwargs["checkpoint_fn"] = WatchedCheckpoint(name, wrapper_kwargs.get("checkpoint_fn"))
         return checkpoint_wrapper(
             block,
@@ -161,7 +167,7 @@ class MemoryBudgetAC(ACMode):
         self.checkpoint_fn = BudgetCheckpoint(self.budget, container.children(), compile_backend=self.backend)
 
     def wrap(self, block: nn.Module, name: str, position: int) -> nn.Module:
-        return self.checkpointed(block, name, checkpoint_fn=self.checkpoint_fn)
+        return self.checkpointed(block, name, watch=self.backend is None, checkpoint_fn=self.checkpoint_fn)
 
 
 # ACConfig.kind -> mode. A new mode: one class above, one line here.

@@ -111,6 +111,18 @@ def test_inductor_memory_budget_with_dropout_matches_inductor_no_ac():
     measure.assert_grads_match(_inductor_step(MODES["none"]), budget, **GRAD_TOLERANCE)
 
 
+def test_compiled_budget_without_preserved_rng_state_runs_and_stays_silent(recwarn):
+    """The budget wrapper runs eagerly around compiled regions: no watching dispatch mode there,
+    which compiled code refuses; compiled regions replay their random ops anyway."""
+    config = ACConfig(
+        mode="memory_budget", compile=True, compile_backend="aot_eager", preserve_rng_state=False
+    )
+    model = apply_ac(moe.build(ARGS), config)
+    tokens, targets = moe.batch(ARGS)
+    moe.loss_fn(model(tokens), targets).backward()
+    assert not [w for w in recwarn if "preserve_rng_state" in str(w.message)]
+
+
 def test_bad_compile_backend_is_named_before_any_work():
     with pytest.raises(ValueError, match=r"compile_backend='inductr' is not one of \[.*'inductor'"):
         ACConfig(compile=True, compile_backend="inductr")
