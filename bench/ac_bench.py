@@ -34,6 +34,7 @@ EAGER_MODES = [
     "none",
     "full",
     "layer-2",
+    "layer-4",
     "op",
     "budget-0.1",
     "budget-0.25",
