@@ -223,6 +223,27 @@ def test_profile_cache_misses_on_a_new_input_shape():
     assert len(checkpoint_fn._by_call) == 2
 
 
+class _PairBlock(nn.Module):
+    """Takes a tuple of tensors and a keyword, as blocks with rotary tables and masks do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, pair: tuple[torch.Tensor, torch.Tensor], mask=None) -> torch.Tensor:
+        return self.proj(x) * pair[0] + pair[1]
+
+
+@pytest.mark.tiers("cpu")
+def test_plan_is_found_again_for_fresh_tensors_of_one_layout():
+    """The per-call key reads layouts, not tensor identities: fresh tensors each step hit it."""
+    checkpoint_fn, block = BudgetCheckpoint(0.5), _PairBlock()
+    for rows in (4, 4, 4, 6):
+        pair = (torch.ones(8), torch.zeros(8))
+        checkpoint_fn(block, torch.randn(rows, 8, requires_grad=True), pair, mask=None).sum().backward()
+    assert checkpoint_fn.profiles.misses == 2 and len(checkpoint_fn._by_call) == 2
+
+
 @pytest.mark.tiers("cpu")
 def test_profile_names_the_ops_the_policy_sees():
     built = MODELS["moe-tiny"](torch.device("cpu"))

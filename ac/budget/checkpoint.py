@@ -55,14 +55,25 @@ def _budget_contexts(saved: frozenset[OpKey]) -> Any:
 
 
 def _call_key(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-    """What makes a call of this block plan differently: the block, its mode, input layouts."""
-    layouts = tuple(
-        (tuple(value.shape), value.dtype, value.device, value.requires_grad)
-        if isinstance(value, torch.Tensor)
-        else value
-        for value in (*args, *kwargs.values())
-    )
-    return (id(block), block.training, torch.is_autocast_enabled(), tuple(kwargs), layouts)
+    """What makes a call of this block plan differently: the block, its mode, input layouts.
+
+    Computed on every call, so it walks the inputs by hand: pytree's flatten costs 70 us.
+    """
+    return (id(block), block.training, torch.is_autocast_enabled(), _layout(args), _layout(kwargs))
+
+
+def _layout(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return (tuple(value.shape), value.dtype, value.device, value.requires_grad)
+    if isinstance(value, (tuple, list)):
+        return (type(value), *map(_layout, value))
+    if isinstance(value, dict):
+        return (dict, *((key, _layout(item)) for key, item in value.items()))
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
 
 
 class BudgetCheckpoint:
