@@ -134,18 +134,44 @@ def plans(profile: BlockProfile, capacity: int, costs: DeviceCosts, module_plans
                     options.append(plan)
     if profile.no_ac_bytes <= capacity:
         options.append(Plan(NONE, profile.no_ac_bytes, 0, 0.0))
-    options += [_sac_plan(profile, saved, costs) for saved in _sac_front(profile, capacity, costs)]
+    pricing = _SacPricing(profile, costs)
+    options += [pricing.plan(saved) for saved in _sac_front(profile, capacity, costs)]
     front = _pareto([(plan.bytes, -plan.seconds, plan) for plan in options])
     return [plan for _, _, plan in front]
+
+
+class _SacPricing:
+    """SAC plans of one block priced with one set of costs; each op is priced once."""
+
+    def __init__(self, profile: BlockProfile, costs: DeviceCosts) -> None:
+        self.profile = profile
+        self.ops = {(op.op, op.index): op for op in profile.ops}
+        self.all_s = costs.recompute_s(profile.ops)
+        # The dispatch mode sees every op twice: in forward and in the recompute.
+        self.fixed_s = len(profile.ops) * costs.sac_dispatch_s + costs.region_s
+        self.costs = costs
+        self._values: dict[Item, float] = {}
+
+    def value(self, item: Item) -> float:
+        """Seconds a plan saves by keeping `item` instead of recomputing it."""
+        if item not in self._values:
+            self._values[item] = self.costs.recompute_s(self.ops[key] for key in item.keys)
+        return self._values[item]
+
+    def plan(self, saved: list[Item]) -> Plan:
+        keys = frozenset(key for item in saved for key in item.keys)
+        seconds = self.all_s - sum(map(self.value, saved)) + self.fixed_s
+        flops = self.profile.flops - sum(item.flops for item in saved)
+        return Plan(SAC, sum(item.bytes for item in saved), flops, seconds, saved=keys)
 
 
 def _sac_front(profile: BlockProfile, capacity: int, costs: DeviceCosts) -> list[list[Item]]:
     """Sets of items to save that no other set beats on both bytes and recompute time."""
     items = candidates(profile)
-    ops = {(op.op, op.index): op for op in profile.ops}
+    pricing = _SacPricing(profile, costs)
     front: list[State] = [(0, 0.0, 0)]  # (bytes, saved seconds, bitmask of saved items)
     for bit, item in enumerate(items):
-        value = costs.recompute_s(ops[key] for key in item.keys)
+        value = pricing.value(item)
         grown = [(b + item.bytes, v + value, m | 1 << bit) for b, v, m in front if b + item.bytes <= capacity]
         front = _pareto(front + grown)
     return [[item for bit, item in enumerate(items) if mask >> bit & 1] for _, _, mask in front]
@@ -157,10 +183,11 @@ def exhaustive(profile: BlockProfile, budget: float, costs: DeviceCosts = COMPIL
     items = candidates(profile)
     if len(items) > MAX_EXHAUSTIVE:
         raise ValueError(f"exhaustive search over {len(items)} ops; at most {MAX_EXHAUSTIVE} are allowed")
-    best = _sac_plan(profile, [], costs)
+    pricing = _SacPricing(profile, costs)
+    best = pricing.plan([])
     for size in range(1, len(items) + 1):
         for subset in itertools.combinations(items, size):
-            plan = _sac_plan(profile, list(subset), costs)
+            plan = pricing.plan(list(subset))
             if plan.bytes <= capacity and (plan.seconds, plan.bytes) < (best.seconds, best.bytes):
                 best = plan
     if profile.no_ac_bytes <= capacity and best.seconds > 0:
@@ -182,15 +209,6 @@ def _pareto(states: list[State]) -> list[State]:
     for state in front:  # value increases along the front: the last state of a bucket is its best
         buckets[int(state[0] / width)] = state
     return list(buckets.values())
-
-
-def _sac_plan(profile: BlockProfile, saved: list[Item], costs: DeviceCosts) -> Plan:
-    keys = frozenset(key for item in saved for key in item.keys)
-    recomputed = [op for op in profile.ops if (op.op, op.index) not in keys]
-    # The dispatch mode sees every op twice: in forward and in the recompute.
-    seconds = costs.recompute_s(recomputed) + len(profile.ops) * costs.sac_dispatch_s + costs.region_s
-    flops = sum(op.flops for op in recomputed)
-    return Plan(SAC, sum(item.bytes for item in saved), flops, seconds, saved=keys)
 
 
 def _full_plan(profile: BlockProfile, costs: DeviceCosts) -> Plan:
