@@ -19,13 +19,16 @@ import os
 import platform
 import statistics
 import time
+import timeit
 from collections.abc import Callable
 
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
 from ac import ACConfig, apply_ac
-from ac.budget import costs
+from ac.budget import BudgetCheckpoint, costs
+from ac.policy import make_op_sac_policy
 from harness import measure, models
 from harness.modes import MODES
 from harness.units import MIB
@@ -103,6 +106,21 @@ def _table(name: str, modes: list[str], device: torch.device, steps: int, backen
         print(f"| {mode} | {1e3 * median:.2f} | {median / none:.2f} | {held / MIB:.2f} |", flush=True)
 
 
+def _per_call_us(device: torch.device) -> tuple[float, float]:
+    """The budget wrapper's cost per call once its plan is known (an identity block at
+    budget 1.0, minus calling it directly), and op-SAC's per-call context set-up."""
+    block, x = torch.nn.Identity(), torch.ones(4, 8, device=device, requires_grad=True)
+    budget_fn = BudgetCheckpoint(1.0)
+    budget_fn(block, x)
+    calls = 20000
+    direct = timeit.timeit(lambda: block(x), number=calls)
+    wrapped = timeit.timeit(lambda: budget_fn(block, x), number=calls)
+    contexts = timeit.timeit(
+        lambda: create_selective_checkpoint_contexts(make_op_sac_policy(())), number=calls
+    )
+    return 1e6 * (wrapped - direct) / calls, 1e6 * contexts / calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="moe-small")
@@ -122,6 +140,11 @@ def main() -> None:
     print(
         f"SAC dispatch cost per op (forward + recompute): {1e6 * device_costs.sac_dispatch_s:.1f} us; "
         f"eager op {1e6 * device_costs.op_s:.1f} us; matmul {device_costs.flops_per_s / 1e9:.1f} GFLOP/s"
+    )
+    budget_us, op_us = _per_call_us(device)
+    print(
+        f"per block call: memory_budget wrapper with its plan known {budget_us:.1f} us; "
+        f"op-SAC's context set-up alone {op_us:.1f} us"
     )
     _table(args.model, [*EAGER_MODES, *SUBMODULES], device, args.steps, None)
     if args.compiled:
