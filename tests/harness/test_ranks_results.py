@@ -38,7 +38,11 @@ def test_a_collective_error_is_the_cause_when_it_came_first():
     second = RankReport(0, FAILED, "DistBackendError: connection closed", collective=True, failed_at=2.0)
     result = verdict([second, first], 2)
     assert result.lead is first
-    assert result.message.index("rank 1 of 2") < result.message.index("knock-on") < result.message.index("rank 0")
+    assert (
+        result.message.index("rank 1 of 2")
+        < result.message.index("knock-on")
+        < result.message.index("rank 0")
+    )
 
 
 def test_hung_rank_leads_its_peers_timeouts():
