@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -76,7 +77,9 @@ TIERS: dict[str, Tier] = {
 
 # cuBLAS picks reduction strategies per workspace; a fixed workspace makes its
 # matmuls reproducible. It must be in the environment before CUDA starts.
-DETERMINISTIC_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+# TORCHINDUCTOR_DETERMINISTIC is what torch.use_deterministic_algorithms sets in
+# inductor's config; as a variable it holds without importing inductor (2 s).
+DETERMINISTIC_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8", "TORCHINDUCTOR_DETERMINISTIC": "1"}
 # What a world_size test leases per rank in a multi-GPU tier when nothing says otherwise.
 DEFAULT_WORLD_SIZE = 2
 
@@ -184,6 +187,17 @@ def environment(name: str) -> dict[str, str]:
     return dict(DETERMINISTIC_ENV) if TIERS[name].deterministic else {}
 
 
+def set_deterministic(mode: bool, warn_only: bool = False) -> None:
+    """torch.use_deterministic_algorithms, without importing inductor to set its flag:
+    set it when inductor is loaded; otherwise TORCHINDUCTOR_DETERMINISTIC decides."""
+    import torch
+
+    torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
+    inductor_config = sys.modules.get("torch._inductor.config")
+    if inductor_config is not None:
+        inductor_config.deterministic = mode
+
+
 @contextlib.contextmanager
 def determinism(name: str) -> Iterator[None]:
     """Run a test body under its tier's determinism and put everything back after,
@@ -194,16 +208,13 @@ def determinism(name: str) -> Iterator[None]:
     import torch
 
     saved_env = {key: os.environ.get(key) for key in DETERMINISTIC_ENV}
-    saved_mode = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    os.environ.update(DETERMINISTIC_ENV)
-    torch.use_deterministic_algorithms(True)
+    saved_mode = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     try:
+        os.environ.update(DETERMINISTIC_ENV)
+        set_deterministic(True)
         yield
     finally:
-        torch.use_deterministic_algorithms(saved_mode[0], warn_only=saved_mode[1])
+        set_deterministic(*saved_mode)
         for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -109,6 +109,7 @@ class RankHooks:
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
         if pyfuncitem.get_closest_marker("world_size") is None:
             return None
+        __tracebackhide__ = True
         item, options = pyfuncitem, pyfuncitem.config.stash[OPTIONS_KEY]
         name = tier_name(item) or "cpu"
         call = calls.make_call(item, options.seed)
@@ -168,6 +169,7 @@ def _report(item: pytest.Function, result: RunResult) -> None:
 
 
 def _conclude(item: pytest.Function, verdict: Verdict) -> None:
+    __tracebackhide__ = True
     if verdict.outcome == SKIPPED:
         if verdict.lead is not None and verdict.lead.location is not None:
             item.stash[SKIP_LOCATION_KEY] = verdict.lead.location

@@ -266,7 +266,7 @@ class RankPool:
                 reports[rank].output = self._read_log(rank, 0, OUTPUT_CAP_BYTES)
         ordered = [reports[r] for r in range(size)]
         hung = any(r.outcome == RUNNING for r in ordered)
-        replaced = self._replacement_reasons(ordered)
+        replaced = [] if hung or failed_at is not None else self._replacement_reasons(ordered)
         if hung or failed_at is not None or replaced:
             self.broken = True
         if hung:

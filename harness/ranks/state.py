@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from harness import seeding
+from harness import seeding, tiers
 
 _LIBRARY_DIRS = tuple(
     {
@@ -41,7 +41,7 @@ def _flags() -> dict[str, tuple[Callable[[], Any], Callable[[Any], None]]]:
                 torch.are_deterministic_algorithms_enabled(),
                 torch.is_deterministic_algorithms_warn_only_enabled(),
             ),
-            lambda value: torch.use_deterministic_algorithms(value[0], warn_only=value[1]),
+            lambda value: tiers.set_deterministic(*value),
         ),
         "anomaly mode": (torch.is_anomaly_enabled, torch.set_anomaly_enabled),
         "float32 matmul precision": (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 import pytest
-import torch
 import torch.distributed as dist
 
+from harness import tiers
 from harness.ranks import calls, children, rendezvous, state
 from harness.ranks.results import RankReport
 
@@ -133,7 +133,7 @@ def main(spec: RankSpec, conn: Connection) -> None:
     try:
         rendezvous.init_default_group(spec.backend, spec.group_timeout_s)
         if spec.deterministic:
-            torch.use_deterministic_algorithms(True)
+            tiers.set_deterministic(True)
         baseline = state.Baseline()
     except Exception:
         _flush()

@@ -111,7 +111,7 @@ def test_signalled_pytest_leaves_no_rank(pytester, tmp_path, sig):
     pids = tmp_path / "pids"
     pids.mkdir()
     pytester.makepyfile(test_hangs=HANGING.format(pids=str(pids)))
-    proc = _pytest(pytester, "--dist-timeout", "300")
+    proc = _pytest(pytester, "--dist-timeout", "300", env={**os.environ, "TMPDIR": str(tmp_path)})
     try:
         _wait_for(lambda: len(list(pids.iterdir())) == 2, 120, "both ranks to start the test")
         tree = descendants(proc.pid)
@@ -120,6 +120,13 @@ def test_signalled_pytest_leaves_no_rank(pytester, tmp_path, sig):
         proc.send_signal(sig)
         proc.wait(60)
         _wait_for(lambda: not any(alive(p) for p in tree), 15, f"{sorted(tree)} to exit after {sig.name}")
+        # A killed run cannot remove its rank logs; the next run that starts ranks does.
+        from harness.ranks import pool
+
+        with_tmp = {**os.environ, "TMPDIR": str(tmp_path)}
+        code = "from harness.ranks import pool; pool.remove_stale_logs()"
+        subprocess.run([sys.executable, "-c", code], env=with_tmp, check=True, timeout=60)
+        assert not list(tmp_path.glob(f"{pool.logs_root().name}/*")), "a killed run's rank logs were kept"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -139,3 +146,36 @@ def test_crashed_xdist_worker_leaves_no_rank_and_the_run_goes_on(pytester, tmp_p
     _wait_for(
         lambda: not any(alive(p) for p in ranks), 15, f"ranks {sorted(ranks)} to exit with their worker"
     )
+
+
+def test_pytest_main_from_a_script_without_main_guard_runs_once_and_leaves_no_logs(pytester, tmp_path):
+    """multiprocessing would re-run an unguarded script in every rank; the ranks must not."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    pytester.makepyfile(
+        test_ranked="""
+        import pytest
+        import torch.distributed as dist
+
+        @pytest.mark.world_size(2)
+        def test_barrier():
+            dist.barrier()
+        """
+    )
+    script = pytester.path / "run_tests.py"
+    script.write_text(
+        "import sys\nimport pytest\n\n"
+        "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--tier', 'cpu', 'test_ranked.py']))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=pytester.path,
+        env={**os.environ, "TMPDIR": str(scratch)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout + run.stderr
+    assert run.stdout.count("1 passed") == 1, "the session ran again inside the ranks"
+    logs = [p for p in scratch.glob("harness-ranks-*/*")]
+    assert not logs, f"rank log folders left behind: {logs}"
