@@ -208,7 +208,10 @@ def determinism(name: str) -> Iterator[None]:
     import torch
 
     saved_env = {key: os.environ.get(key) for key in DETERMINISTIC_ENV}
-    saved_mode = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    saved_mode = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     try:
         os.environ.update(DETERMINISTIC_ENV)
         set_deterministic(True)

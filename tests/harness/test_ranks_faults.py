@@ -171,15 +171,23 @@ def test_faults_and_recovery(pytester, tmp_path):
 
     both = _section(out, "test_every_rank_fails_on_its_own")
     assert both.startswith("rank 1 of 2 failed") and "knock-on" not in both
-    assert both.index("own failure of rank 1") < both.index("rank 0 of 2 failed") < both.index("own failure of rank 0")
+    assert (
+        both.index("own failure of rank 1")
+        < both.index("rank 0 of 2 failed")
+        < both.index("own failure of rank 0")
+    )
 
     timed_out = _section(out, "test_own_error_that_says_timed_out")
     assert timed_out.startswith("rank 1 of 2 failed")
-    assert timed_out.index("timed out on its own") < timed_out.index("knock-on") < timed_out.index("rank 0 of 2")
+    assert (
+        timed_out.index("timed out on its own") < timed_out.index("knock-on") < timed_out.index("rank 0 of 2")
+    )
 
     interrupted = _section(out, "test_pytest_timeout_shows_rank_stacks")
     assert "Timeout" in interrupted and "Python stacks of the ranks still running" in interrupted
-    assert len(re.findall(r"line \d+ in test_pytest_timeout_shows_rank_stacks", interrupted)) == 2, interrupted
+    assert len(re.findall(r"line \d+ in test_pytest_timeout_shows_rank_stacks", interrupted)) == 2, (
+        interrupted
+    )
 
     explained = _section(out, "test_assert_is_explained")
     assert "assert 11 == 10" in explained

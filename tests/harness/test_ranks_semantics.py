@@ -308,4 +308,3 @@ def test_stale_log_folders_of_killed_runs_are_removed(tmp_path, monkeypatch):
         folder.mkdir(parents=True)
     pool.remove_stale_logs()
     assert not dead.exists() and mine.exists()
-

@@ -154,9 +154,13 @@ def test_an_unrelated_project_is_left_alone(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HARNESS_", "OMP_NUM_THREADS"))}
     env.update(CUDA_VISIBLE_DEVICES="0,1", GITHUB_STEP_SUMMARY=str(summary))
     pytest_cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
-    collected = subprocess.run([*pytest_cmd, "--collect-only", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    collected = subprocess.run(
+        [*pytest_cmd, "--collect-only", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert "test_plain.py::test_plain\n" in collected.stdout and "[" not in collected.stdout.split("\n")[0]
-    ran = subprocess.run([*pytest_cmd, "-n", "1", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    ran = subprocess.run(
+        [*pytest_cmd, "-n", "1", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "harness tiers" not in collected.stdout + ran.stdout
     assert not summary.exists()
@@ -213,7 +217,9 @@ def test_tests_that_need_real_cuda_skip_under_fake_gpus(pytester, fake_gpus):
     )
     result = pytester.runpytest("--tier", "gpu", "-rs")
     result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["*cuda_peak_bytes needs real CUDA; HARNESS_FAKE_GPUS runs tier 'gpu' on CPU*"])
+    result.stdout.fnmatch_lines(
+        ["*cuda_peak_bytes needs real CUDA; HARNESS_FAKE_GPUS runs tier 'gpu' on CPU*"]
+    )
 
 
 DETERMINISM = """
@@ -248,6 +254,7 @@ def test_gpu_tiers_run_deterministic_in_bodies_and_ranks_and_nothing_leaks(pytes
     pytester.makepyfile(test_determinism=DETERMINISM)
     result = pytester.runpytest("--tier", "cpu,gpu,multigpu", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=5)
-    assert "test_determinism.py::test_b_rank[ws2-multigpu] PASSED" in pytester.runpytest(
-        "--tier", "multigpu", "-v", "-p", "no:cacheprovider"
-    ).stdout.str()
+    assert (
+        "test_determinism.py::test_b_rank[ws2-multigpu] PASSED"
+        in pytester.runpytest("--tier", "multigpu", "-v", "-p", "no:cacheprovider").stdout.str()
+    )
