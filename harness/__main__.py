@@ -22,6 +22,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
 def _gpus(_: argparse.Namespace) -> int:
     print(devices.gpu_count())
     return 0
@@ -130,14 +136,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """Run a command; bad arguments exit 2 (argparse), bad values raise ValueError."""
+    args = _parser().parse_args(argv)
+    return args.run(args)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`main` for a shell: a ValueError becomes one line on stderr and exit code 2."""
     try:
-        return args.run(args)
+        return main(argv)
     except ValueError as error:
-        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        command = (argv if argv is not None else sys.argv[1:])[:1]
+        print(f"python -m harness {' '.join(command)}: error: {error}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
