@@ -26,6 +26,8 @@ SETUP  := $(STAMP)
 PLUGIN :=
 endif
 PYTEST := $(RUN) -m pytest $(PLUGIN)
+# Tests range from milliseconds to tens of seconds: idle workers steal queued ones.
+XDIST  := -n $(WORKERS) --dist worksteal
 
 .DEFAULT_GOAL := help
 .PHONY: help setup provision test test-cpu test-gpu durations matrix lint report bench bench-xdist bench-ranks bench-budget clean
@@ -48,16 +50,16 @@ provision:
 	$(RUN) -m harness provision --install
 
 test: setup ## run every tier this machine supports (others are reported as not run here)
-	$(PYTEST) -n $(WORKERS) $(PYTEST_ARGS)
+	$(PYTEST) $(XDIST) $(PYTEST_ARGS)
 
 test-cpu: setup ## run the CPU tier (what CI runs on hosted runners)
-	$(PYTEST) --tier cpu -n $(WORKERS) $(PYTEST_ARGS)
+	$(PYTEST) --tier cpu $(XDIST) $(PYTEST_ARGS)
 
 test-gpu: setup ## run the GPU tiers this host supports (gpu; multigpu with 2+ GPUs), one xdist worker per GPU
 	$(PYTEST) --tier "$$($(RUN) -m harness gpu-tiers)" -n "$$($(RUN) -m harness gpus)" $(PYTEST_ARGS)
 
 durations: setup ## refresh .test_durations (what CI shards on when it has no fresher record) from a CPU-tier run
-	$(PYTEST) --tier cpu -n $(WORKERS) --record-durations .test_durations $(PYTEST_ARGS)
+	$(PYTEST) --tier cpu $(XDIST) --record-durations .test_durations $(PYTEST_ARGS)
 
 matrix: setup ## print the CI job matrix from the collected tests (MATRIX_ARGS='--check' to check it)
 	$(RUN) -m harness matrix $(MATRIX_ARGS)

@@ -162,12 +162,14 @@ def pytest_configure(config: pytest.Config) -> None:
         devices.pin_worker(worker["workerid"])
         _share_cpu_threads(worker["workercount"])
     from harness import durations, reporting, summary
-    from harness.ranks import plugin as ranks_plugin
 
     listed = _quarantine(config)
     register = config.pluginmanager.register
     register(TierHooks(options), "harness-tiers")
-    register(ranks_plugin.RankHooks(config, options.dist_timeout_s), "harness-ranks")
+    if not _xdist_controller(config):  # it runs no test: no ranks, and no torch import
+        from harness.ranks import plugin as ranks_plugin
+
+        register(ranks_plugin.RankHooks(config, options.dist_timeout_s), "harness-ranks")
     register(
         reporting.Reporting(listed, options.seed, options.dist_timeout_s, DEFAULT_DIST_TIMEOUT_S),
         "harness-reporting",
@@ -186,6 +188,10 @@ def _quarantine(config: pytest.Config) -> quarantine.Quarantine:
         return quarantine.load(base / name)
     except ValueError as error:
         raise pytest.UsageError(str(error)) from None
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput") and config.getoption("dist", "no") != "no"
 
 
 def _share_cpu_threads(workers: int) -> None:

@@ -6,10 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+from harness.ranks import pool
 
 pytestmark = pytest.mark.tiers("cpu")
 
@@ -107,7 +110,7 @@ def _pytest(pytester: pytest.Pytester, *args: str, **popen) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
-def test_signalled_pytest_leaves_no_rank(pytester, tmp_path, sig):
+def test_signalled_pytest_leaves_no_rank(pytester, tmp_path, monkeypatch, sig):
     pids = tmp_path / "pids"
     pids.mkdir()
     pytester.makepyfile(test_hangs=HANGING.format(pids=str(pids)))
@@ -121,12 +124,9 @@ def test_signalled_pytest_leaves_no_rank(pytester, tmp_path, sig):
         proc.wait(60)
         _wait_for(lambda: not any(alive(p) for p in tree), 15, f"{sorted(tree)} to exit after {sig.name}")
         # A killed run cannot remove its rank logs; the next run that starts ranks does.
-        from harness.ranks import pool
-
-        with_tmp = {**os.environ, "TMPDIR": str(tmp_path)}
-        code = "from harness.ranks import pool; pool.remove_stale_logs()"
-        subprocess.run([sys.executable, "-c", code], env=with_tmp, check=True, timeout=60)
-        assert not list(tmp_path.glob(f"{pool.logs_root().name}/*")), "a killed run's rank logs were kept"
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        pool.remove_stale_logs()
+        assert not list(pool.logs_root().iterdir()), "a killed run's rank logs were kept"
     finally:
         if proc.poll() is None:
             proc.kill()
