@@ -275,7 +275,9 @@ def _reject_misspelled_markers(config: pytest.Config, items: list[pytest.Item]) 
     problems = set()
     for item in items:
         for mark in item.iter_markers():
-            if mark.name not in known and (close := difflib.get_close_matches(mark.name, MARKERS, n=1)):
+            if mark.name not in known and (
+                close := difflib.get_close_matches(mark.name, MARKERS, n=1, cutoff=0.8)
+            ):
                 problems.add(f"{item.nodeid}: unknown marker {mark.name!r}; did you mean {close[0]!r}?")
     if problems:
         raise pytest.UsageError("\n".join(sorted(problems)))

@@ -101,8 +101,8 @@ class Baseline:
             os.chdir(self.cwd)
         sys.path[:] = self.sys_path
         for name in set(sys.modules) - modules_before:
-            if _user_module(sys.modules[name]):
-                del sys.modules[name]
+            if _user_module(sys.modules.get(name)):
+                sys.modules.pop(name, None)
         unclean = []
         if torch.is_inference_mode_enabled():
             unclean.append("the test left inference mode on")
