@@ -92,7 +92,10 @@ def _parser() -> argparse.ArgumentParser:
         "matrix", help="print the CI job matrix (JSON) derived from the tiers and the tests"
     )
     ci.add_argument(
-        "--cpu-shards", type=_positive_int, default=matrix.DEFAULT_CPU_SHARDS, help="hosted jobs for CPU tiers"
+        "--cpu-shards",
+        type=_positive_int,
+        default=matrix.DEFAULT_CPU_SHARDS,
+        help="hosted jobs for CPU tiers",
     )
     ci.add_argument("--image", default="", help="GPU job container image (default: GHCR image of this repo)")
     ci.add_argument("--scale-set-prefix", default="", help="GPU jobs target ARC scale set <prefix>-<gpus>")
