@@ -13,10 +13,13 @@ DEFAULT_SEED = 0
 
 
 def seed_all(seed: int) -> None:
-    """Seed torch (CPU and every CUDA device, lazily), Python's `random` and numpy's global generator."""
+    """Seed torch (CPU, and every CUDA device on a CUDA build), Python's `random` and numpy's global generator."""
     import torch
 
-    torch.manual_seed(seed)
+    if torch.backends.cuda.is_built():
+        torch.manual_seed(seed)
+    else:  # torch.manual_seed would also queue a CUDA seeding, with its stack, per call
+        torch.default_generator.manual_seed(seed)
     random.seed(seed)
     numpy = sys.modules.get("numpy")
     if numpy is not None:

@@ -12,11 +12,9 @@ import contextlib
 import ctypes
 import os
 import signal
-import time
 from pathlib import Path
 
 _PR_SET_CHILD_SUBREAPER = 36
-_REAP_WAIT_S = 2.0
 
 
 def become_subreaper() -> None:
@@ -24,16 +22,15 @@ def become_subreaper() -> None:
 
 
 def _children(pid: int) -> list[int]:
-    found = []
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                found.extend(int(child) for child in (task / "children").read_text().split())
-    return found
+    """Children of `pid`'s main thread: where Popen's children and a subreaper's orphans land."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (children files of each of its threads, recursively)."""
+    """Every live process below `pid`, following each child's own children."""
     found, todo = [], [pid]
     while todo:
         for child in _children(todo.pop()):
@@ -62,12 +59,10 @@ def end_descendants() -> list[str]:
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + _REAP_WAIT_S
-    while time.monotonic() < deadline:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid == 0:
-            time.sleep(0.01)
+    for pid in _children(os.getpid()):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)  # SIGKILL cannot be ignored: this returns at once
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass  # orphans of killed children, reparented here already; later ones are reaped next time
     return ended
