@@ -60,10 +60,12 @@ class TierEnv:
         return measure.activation_bytes(model, step, _tensors(inputs))
 
     def cuda_activation_bytes(self, step: measure.Step) -> int:
+        __tracebackhide__ = True
         self._require_cuda("cuda_activation_bytes")
         return measure.cuda_activation_bytes(step)
 
     def cuda_peak_bytes(self, step: measure.Step) -> int:
+        __tracebackhide__ = True
         self._require_cuda("cuda_peak_bytes")
         return measure.cuda_peak_bytes(step)
 
@@ -74,6 +76,7 @@ class TierEnv:
         measure.assert_grads_match(expected, actual, rtol=rtol, atol=atol)
 
     def _require_cuda(self, what: str) -> None:
+        __tracebackhide__ = True  # a skip names the test's line
         if self.is_cuda:
             return
         if self.gpu_ids and devices.fake_gpu_count():
