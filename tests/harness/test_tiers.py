@@ -218,7 +218,7 @@ def test_tests_that_need_real_cuda_skip_under_fake_gpus(pytester, fake_gpus):
     result = pytester.runpytest("--tier", "gpu", "-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(
-        ["*test_cuda.py:3: cuda_peak_bytes needs real CUDA; HARNESS_FAKE_GPUS runs tier 'gpu' on CPU*"]
+        ["*test_cuda.py:2: cuda_peak_bytes needs real CUDA; HARNESS_FAKE_GPUS runs tier 'gpu' on CPU*"]
     )
 
 
