@@ -27,8 +27,15 @@ else:
     import tomli as tomllib
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
-# Without these no tier runs; the rest of the test extra serves CI features (shards, reruns, timeouts).
+# Without these no tier runs; the rest of the test extra serves the features named here.
 ESSENTIAL = ("torch", "pytest", "pytest-xdist")
+SERVES = {
+    "numpy": "torch.distributed.checkpoint: the FSDP checkpoint tests fail without it",
+    "pytest-timeout": "the per-test timeout in pyproject.toml",
+    "pytest-split": "CI shards (--splits)",
+    "pytest-rerunfailures": "reruns and the flaky report (--reruns)",
+    "pyyaml": "the CI workflow tests (cpu tier only)",
+}
 
 
 def requirements(pyproject: Path = PYPROJECT) -> list[Requirement]:
@@ -93,9 +100,7 @@ def main(install: bool, reqs: list[Requirement] | None = None, version_of=instal
         print(f"provision: cannot run the tests without {', '.join(essential)}", file=sys.stderr)
         return 2
     for spec, have in missing.items():
-        print(
-            f"provision: going on without {spec} (have: {have}); the features it serves are off",
-            file=sys.stderr,
-        )
+        serves = SERVES.get(Requirement(spec).name, "optional features")
+        print(f"provision: going on without {spec} (have: {have}); it serves {serves}", file=sys.stderr)
     print(f"provision: {sys.executable} with torch {torch_version} is ready")
     return 0

@@ -40,7 +40,7 @@ def test_torch_below_the_floor_is_refused_naming_the_floor(capsys):
 def test_optional_plugins_may_be_missing(capsys):
     code, out = run(capsys, **{"pytest-split": None, "pytest-rerunfailures": None, "pyyaml": None})
     assert code == 0
-    assert "going on without pytest-rerunfailures>=14 (have: missing)" in out.err
+    assert "going on without pytest-rerunfailures>=14 (have: missing); it serves reruns" in out.err
 
 
 @pytest.mark.parametrize("missing", ["pytest", "pytest-xdist"])
