@@ -37,4 +37,8 @@ def write(path: str, items: list[pytest.Item]) -> None:
 
 
 def read(path: Path) -> list[Entry]:
-    return [Entry(**raw) for raw in json.loads(path.read_text())]
+    """The entries `write` wrote; a missing or malformed file is a ValueError naming it."""
+    try:
+        return [Entry(**raw) for raw in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError) as error:
+        raise ValueError(f"inventory {path}: {error}") from None

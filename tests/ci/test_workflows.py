@@ -152,13 +152,23 @@ def _harness(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True)
 
 
-def test_matrix_check_fails_on_a_planted_16_gpu_test(tmp_path: Path) -> None:
-    """(The CI matrix job runs `matrix --check` on the whole project before every run.)"""
-    planted = tmp_path / "test_planted.py"
-    planted.write_text("import pytest\n\n@pytest.mark.world_size(16)\ndef test_big():\n    pass\n")
-    bad = _harness("matrix", "--check", str(planted))
+def test_matrix_check_fails_on_a_planted_16_gpu_test(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """Collection reads the GPU need from the marker; `matrix --check` refuses it.
+    (The CI matrix job runs `matrix --check` on the whole project before every run.)"""
+    pytester.makepyfile(
+        test_planted="import pytest\n\n@pytest.mark.world_size(16)\ndef test_big():\n    pass\n"
+    )
+    listed = tmp_path / "inventory.json"
+    pytester.runpytest("--collect-only", "-q", f"--harness-inventory={listed}", "-p", "no:cacheprovider")
+    assert inventory.read(listed) == [
+        inventory.Entry("test_planted.py::test_big[ws16-cpu]", "cpu", 0),
+        inventory.Entry("test_planted.py::test_big[ws16-multigpu]", "multigpu", 16),
+    ]
+    bad = _harness("matrix", "--check", "--inventory", str(listed))
     assert bad.returncode == 1
     assert "test_planted.py::test_big[ws16-multigpu] needs 16 GPUs; the largest runner class" in bad.stderr
+    good = _harness("matrix", "--check", "--inventory", str(listed.with_name("none.json")))
+    assert good.returncode == 2 and "none.json" in good.stderr  # a missing file is a one-line error
 
 
 def test_matrix_warns_when_durations_miss_more_than_a_tenth(tmp_path: Path) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
+import shlex
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -92,7 +91,8 @@ def test_fail_on_flaky_makes_a_flaky_test_fail_the_run(pytester, tmp_path):
     assert "they FAIL this run (--fail-on-flaky)" in result.stdout.str()
 
 
-def test_a_failure_prints_a_repro_line_that_fails_the_same_way(pytester, tmp_path):
+def test_a_failure_prints_a_repro_line_that_fails_the_same_way(pytester, tmp_path, monkeypatch):
+    """The line is split as a shell splits it (shlex) and run by a fresh in-process pytest."""
     pytester.makepyfile(
         test_always="""
         import os
@@ -113,16 +113,12 @@ def test_a_failure_prints_a_repro_line_that_fails_the_same_way(pytester, tmp_pat
     drawn = re.search(r"drew (\S+) with", out).group(1)
     (case,) = ET.parse(junit).getroot().iter("testcase")
     assert {p.get("name"): p.get("value") for p in case.iter("property")}["repro"] == line
-    path = (
-        f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"  # `python` is this interpreter
-    )
-    rerun = subprocess.run(
-        ["bash", "-c", line.split("  #")[0]],
-        cwd=pytester.path,
-        env={**os.environ, "PATH": path},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert rerun.returncode == 1, rerun.stdout + rerun.stderr
-    assert f"drew {drawn} with" in rerun.stdout, "the repro line did not reproduce the same failure"
+    tokens = shlex.split(line.split("  #")[0])
+    start = tokens.index("python")
+    assert tokens[start : start + 3] == ["python", "-m", "pytest"], line
+    for assignment in tokens[:start]:
+        name, _, value = assignment.partition("=")
+        monkeypatch.setenv(name, value)
+    rerun = pytester.runpytest(*tokens[start + 3 :])
+    assert rerun.ret == pytest.ExitCode.TESTS_FAILED
+    assert f"drew {drawn} with" in rerun.stdout.str(), "the repro line did not reproduce the same failure"

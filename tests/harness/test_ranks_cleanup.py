@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -148,10 +149,11 @@ def test_crashed_xdist_worker_leaves_no_rank_and_the_run_goes_on(pytester, tmp_p
     )
 
 
-def test_pytest_main_from_a_script_without_main_guard_runs_once_and_leaves_no_logs(pytester, tmp_path):
+def test_pytest_main_from_a_script_without_main_guard_runs_once_and_leaves_no_logs(pytester, request):
     """multiprocessing would re-run an unguarded script in every rank; the ranks must not."""
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
+    # Short: multiprocessing puts its AF_UNIX sockets in TMPDIR, and those paths cap at 107 bytes.
+    scratch = Path(tempfile.mkdtemp(prefix="h-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
     pytester.makepyfile(
         test_ranked="""
         import pytest
