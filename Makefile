@@ -1,5 +1,6 @@
 # One entry point for set-up, tests, lint, benchmarks and the AC report.
-# `make help` lists the targets. Everything installs into .venv from nothing.
+# `make help` lists the targets. Everything installs into .venv from nothing,
+# or, with VENV= (empty), runs in an interpreter that already has torch.
 
 PYTHON        ?= python3
 VENV          ?= .venv
@@ -8,19 +9,35 @@ TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 WORKERS       ?= auto
 PYTEST_ARGS   ?=
+MATRIX_ARGS   ?=
 
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(TORCH_VERSION)
-PYTEST := $(BIN)/python -m pytest
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(TORCH_VERSION)
+ifeq ($(strip $(VENV)),)
+# Pre-provisioned: $(PYTHON) as it is (its torch is never replaced), the project from
+# this checkout; `make setup` only checks it and installs missing test dependencies.
+RUN    := PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON)
+SETUP  := provision
+# Load the plugin by module name unless an installed ac-harness registers its entry point.
+PLUGIN := $(if $(shell $(PYTHON) -c "import importlib.metadata as m; m.distribution('ac-harness')" 2>/dev/null && echo installed),,-p harness.plugin)
+else
+RUN    := $(BIN)/python
+SETUP  := $(STAMP)
+PLUGIN :=
+endif
+PYTEST := $(RUN) -m pytest $(PLUGIN)
+# Tests range from milliseconds to tens of seconds: idle workers steal queued ones.
+XDIST  := -n $(WORKERS) --dist worksteal
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-cpu test-gpu lint report bench bench-xdist bench-ranks bench-budget bench-ac clean
+.PHONY: help setup provision test test-cpu test-gpu durations matrix lint report bench bench-xdist bench-ranks bench-budget bench-ac clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: TORCH_VERSION=$(TORCH_VERSION) TORCH_PIP_ARGS='$(TORCH_PIP_ARGS)' WORKERS=$(WORKERS) PYTEST_ARGS='$(PYTEST_ARGS)'"
+	@echo "  variables: VENV=$(VENV) PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) TORCH_PIP_ARGS='$(TORCH_PIP_ARGS)' WORKERS=$(WORKERS) PYTEST_ARGS='$(PYTEST_ARGS)'"
+	@echo "  VENV= (empty): use PYTHON as it is, e.g. a GPU image's own torch: make test-gpu VENV= PYTHON=python3"
 
-setup: $(STAMP) ## create .venv with the pinned torch and the project (editable, with every extra)
+setup: $(SETUP) ## create .venv with the pinned torch and the project (with VENV=: check PYTHON, install only what lacks)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,14 +46,23 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+provision:
+	$(RUN) -m harness provision --install
+
 test: setup ## run every tier this machine supports (others are reported as not run here)
-	$(PYTEST) -n $(WORKERS) $(PYTEST_ARGS)
+	$(PYTEST) $(XDIST) $(PYTEST_ARGS)
 
 test-cpu: setup ## run the CPU tier (what CI runs on hosted runners)
-	$(PYTEST) --tier cpu -n $(WORKERS) $(PYTEST_ARGS)
+	$(PYTEST) --tier cpu $(XDIST) $(PYTEST_ARGS)
 
 test-gpu: setup ## run the GPU tiers this host supports (gpu; multigpu with 2+ GPUs), one xdist worker per GPU
-	$(PYTEST) --tier "$$($(BIN)/python -m harness gpu-tiers)" -n "$$($(BIN)/python -m harness gpus)" $(PYTEST_ARGS)
+	$(PYTEST) --tier "$$($(RUN) -m harness gpu-tiers)" -n "$$($(RUN) -m harness gpus)" $(PYTEST_ARGS)
+
+durations: setup ## refresh .test_durations (what CI shards on when it has no fresher record) from a CPU-tier run
+	$(PYTEST) --tier cpu $(XDIST) --record-durations .test_durations $(PYTEST_ARGS)
+
+matrix: setup ## print the CI job matrix from the collected tests (MATRIX_ARGS='--check' to check it)
+	$(RUN) -m harness matrix $(MATRIX_ARGS)
 
 lint: setup ## ruff, workflow schema + zizmor security audit, hadolint on every Dockerfile
 	$(BIN)/ruff check .
@@ -47,22 +73,22 @@ lint: setup ## ruff, workflow schema + zizmor security audit, hadolint on every 
 	$(BIN)/shellcheck $$(find docker -name '*.sh')
 
 report: setup ## every AC mode on the reference models: tables on stdout, reports/ac-report.{json,png}
-	$(BIN)/python -m harness report
+	$(RUN) -m harness report
 
 bench: bench-xdist bench-ranks bench-budget bench-ac ## run every benchmark (figures go into bench/README.md by hand)
 
 bench-xdist: setup ## CPU tier wall time, -n 2 against -n 0, side by side
-	$(BIN)/python bench/xdist_speedup.py --workers 2 --repeats 2
+	$(RUN) bench/xdist_speedup.py --workers 2 --repeats 2
 
-bench-ranks: setup ## 40 two-rank tests: harness.ranks pools vs torch's MultiProc* test cases
-	$(BIN)/python bench/ranks_bench.py
+bench-ranks: setup ## 40 two-rank tests: harness.ranks pools vs torch's MultiProc* test cases, warm-pool cost per test
+	$(RUN) bench/ranks_bench.py
 
 bench-budget: setup ## memory_budget mode: profiling cost per block, solver time, gap to the optimum
-	$(BIN)/python bench/budget_bench.py
+	$(RUN) bench/budget_bench.py
 
 bench-ac: setup ## every AC mode eager and compiled: step time vs none, activation bytes, SAC cost per op; gradients with dropout
-	$(BIN)/python bench/ac_bench.py --compiled
-	$(BIN)/python bench/random_ops_bench.py
+	$(RUN) bench/ac_bench.py --compiled
+	$(RUN) bench/random_ops_bench.py
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,6 +1,6 @@
 """Wall time of the CPU tier with xdist workers against none, side by side.
 
-Runs `pytest --tier cpu -n 0` and `-n N` alternately (so machine noise hits
+Runs `pytest --tier cpu -n 0` and `-n N --dist worksteal` (as `make test-cpu`) alternately (so machine noise hits
 both alike) and prints the median of each and the speed-up.
 
     .venv/bin/python bench/xdist_speedup.py --workers 2 --repeats 2
@@ -24,6 +24,8 @@ def wall_time(workers: int, extra: list[str]) -> float:
         "cpu",
         "-n",
         str(workers),
+        "--dist",
+        "worksteal",
         "-q",
         "-p",
         "no:cacheprovider",

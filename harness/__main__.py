@@ -1,12 +1,31 @@
-"""`python -m harness <command>`: small helpers for the Makefile and CI."""
+"""`python -m harness <command>`: small helpers for the Makefile and CI.
+
+Bad input ends in one line on stderr and exit code 2, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
+from typing import NoReturn
 
-from harness import devices, matrix, report, tiers
+from harness import devices, durations, inventory, matrix, provision, report, tiers
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (subcommand parsers inherit this class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
 
 
 def _gpus(_: argparse.Namespace) -> int:
@@ -14,8 +33,26 @@ def _gpus(_: argparse.Namespace) -> int:
     return 0
 
 
+def _warn(message: str) -> None:
+    """On stderr, and as a GitHub annotation inside Actions."""
+    prefix = "::warning::" if os.environ.get("GITHUB_ACTIONS") == "true" else "warning: "
+    print(prefix + message, file=sys.stderr)
+
+
 def _matrix(args: argparse.Namespace) -> int:
-    jobs = matrix.build(args.cpu_shards, args.multi_gpus, args.image, args.scale_set_prefix)
+    entries = inventory.read(args.inventory) if args.inventory else matrix.collect(args.paths)
+    served = matrix.served_gpu_counts()
+    jobs = matrix.build(entries, args.cpu_shards, args.image, args.scale_set_prefix, served)
+    if (warning := matrix.duration_warning(entries, args.durations)) is not None:
+        _warn(warning)
+    if args.check:
+        problems = matrix.check(entries, jobs, served)
+        for problem in problems:
+            print(f"python -m harness matrix --check: {problem}", file=sys.stderr)
+        if problems:
+            return 1
+        print(f"matrix --check: {len(entries)} tiered tests, {len(jobs)} jobs, every test has a runner class")
+        return 0
     matrices = matrix.as_matrices(jobs)
     if args.github_output:
         matrix.write_github_output(matrices, args.github_output)
@@ -30,26 +67,49 @@ def _check_gpus(args: argparse.Namespace) -> int:
 
 
 def _gpu_tiers(_: argparse.Namespace) -> int:
-    """The GPU tiers this host can run; "gpu" when it has none, so the run fails loudly."""
-    print(",".join(name for name in ("gpu", "multigpu") if not tiers.unsupported_reason(name)) or "gpu")
+    print(",".join(tiers.gpu_test_tiers()))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness")
+def _merge_durations(args: argparse.Namespace) -> int:
+    keep = {e.id for e in inventory.read(args.inventory)} if args.inventory else None
+    merged = durations.merge(durations.load(args.base), [durations.load(p) for p in args.records], keep)
+    durations.save(args.out, merged)
+    print(f"{len(merged)} durations written to {args.out}")
+    return 0
+
+
+def _provision(args: argparse.Namespace) -> int:
+    return provision.main(install=args.install)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m harness")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("gpus", help="print how many GPUs this machine makes visible").set_defaults(run=_gpus)
     report.register(commands)
-    ci = commands.add_parser("matrix", help="print the CI job matrix (JSON) derived from the tiers")
-    ci.add_argument(
-        "--cpu-shards", type=int, default=matrix.DEFAULT_CPU_SHARDS, help="hosted jobs for CPU tiers"
+    ci = commands.add_parser(
+        "matrix", help="print the CI job matrix (JSON) derived from the tiers and the tests"
     )
     ci.add_argument(
-        "--multi-gpus", type=int, default=matrix.DEFAULT_MULTI_GPUS, help="GPUs per multi-GPU job"
+        "--cpu-shards",
+        type=_positive_int,
+        default=matrix.DEFAULT_CPU_SHARDS,
+        help="hosted jobs for CPU tiers",
     )
     ci.add_argument("--image", default="", help="GPU job container image (default: GHCR image of this repo)")
     ci.add_argument("--scale-set-prefix", default="", help="GPU jobs target ARC scale set <prefix>-<gpus>")
     ci.add_argument("--github-output", metavar="PATH", help="also append <group>=<json> lines to PATH")
+    ci.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if a test needs more GPUs than any runner class, or a label is unserved",
+    )
+    ci.add_argument(
+        "--durations", type=Path, default=Path(matrix.DURATIONS_FILE), help="durations file shards balance on"
+    )
+    ci.add_argument("--inventory", type=Path, help="use this --harness-inventory file instead of collecting")
+    ci.add_argument("paths", nargs="*", help="test paths to collect (default: the project's testpaths)")
     ci.set_defaults(run=_matrix)
     check = commands.add_parser("check-gpus", help="exit 1 unless at least COUNT GPUs are usable")
     check.add_argument("count", type=int)
@@ -57,9 +117,42 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "gpu-tiers", help="print the GPU tiers this host can run, for make test-gpu"
     ).set_defaults(run=_gpu_tiers)
-    args = parser.parse_args(argv)
+    merge = commands.add_parser(
+        "merge-durations", help="lay fresh --record-durations files over a durations file"
+    )
+    merge.add_argument("records", nargs="+", type=Path, help="files written by --record-durations")
+    merge.add_argument(
+        "--base", type=Path, default=Path(matrix.DURATIONS_FILE), help="the older durations file"
+    )
+    merge.add_argument(
+        "--out", type=Path, default=Path(matrix.DURATIONS_FILE), help="where to write the result"
+    )
+    merge.add_argument("--inventory", type=Path, help="drop ids not in this --harness-inventory file")
+    merge.set_defaults(run=_merge_durations)
+    setup = commands.add_parser(
+        "provision",
+        help="check this interpreter can run the tests (torch floor, test plugins); install what lacks",
+    )
+    setup.add_argument("--install", action="store_true", help="pip-install missing test dependencies")
+    setup.set_defaults(run=_provision)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a command; bad arguments exit 2 (argparse), bad values raise ValueError."""
+    args = _parser().parse_args(argv)
     return args.run(args)
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """`main` for a shell: a ValueError becomes one line on stderr and exit code 2."""
+    try:
+        return main(argv)
+    except ValueError as error:
+        command = (argv if argv is not None else sys.argv[1:])[:1]
+        print(f"python -m harness {' '.join(command)}: error: {error}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

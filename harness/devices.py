@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -39,11 +40,37 @@ def fake_gpu_count() -> int:
     return int(raw)
 
 
+def parse_cuda_visible_devices(text: str) -> list[str]:
+    """The devices a CUDA_VISIBLE_DEVICES value selects, read as CUDA reads it.
+
+    Entries are ordinals (each read like strtoul: "1gpu" is 1) or GPU-/MIG- UUIDs;
+    the list stops at the first invalid entry (so "-1" and "" select nothing), and
+    a repeated entry selects nothing at all.
+    """
+    prefix = next((p for p in ("GPU-", "MIG-") if text.startswith(p)), None)
+    selected: list[str] = []
+    for raw in text.split(","):
+        entry = raw.strip()
+        if prefix is None:
+            ordinal = re.match(r"\+?(\d+)", entry)
+            if ordinal is None:
+                break
+            entry = str(int(ordinal.group(1)))
+        elif not entry.startswith(prefix):
+            break
+        if entry in selected:
+            return []
+        selected.append(entry)
+    return selected
+
+
 def visible_gpus() -> list[str]:
-    """The caller's visible devices (ids as CUDA_VISIBLE_DEVICES spells them).
+    """The caller's usable devices, as CUDA_VISIBLE_DEVICES spells them.
 
     Read from the environment the first process recorded, so a pinned worker
-    still knows the whole host's list without touching CUDA.
+    still knows the whole host's list. Otherwise counted by torch, which asks
+    NVML and does not start CUDA: 0 on a CPU-only build or without a driver,
+    whatever CUDA_VISIBLE_DEVICES says.
     """
     recorded = os.environ.get(PHYSICAL_GPUS_ENV)
     if recorded is not None:
@@ -51,14 +78,15 @@ def visible_gpus() -> list[str]:
     fake = fake_gpu_count()
     if fake:
         return [f"fake{i}" for i in range(fake)]
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [d.strip() for d in listed.split(",") if d.strip()]
     if not _NVIDIA_DRIVER_GPUS.is_dir():
         return []  # no NVIDIA driver: no need to pay for importing torch to learn that
     import torch
 
-    return [str(i) for i in range(torch.cuda.device_count())]
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(i) for i in range(count)]
+    return parse_cuda_visible_devices(listed)[:count]
 
 
 def gpu_count() -> int:

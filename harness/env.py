@@ -10,14 +10,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
 from harness import devices, measure
 
 # Tolerances (rtol, atol) for comparing gradients between an AC model and its
-# reference on CUDA, where kernels may differ run to run; CPU float32 is
-# compared bitwise. Values follow torch.testing.assert_close's defaults.
+# reference on CUDA when kernels may differ run to run; CPU float32 and a
+# deterministic tier's float32 are compared bitwise. Values follow
+# torch.testing.assert_close's defaults.
 CUDA_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float32: (1.3e-6, 1e-5),
     torch.bfloat16: (1.6e-2, 1e-5),
@@ -32,6 +34,7 @@ class TierEnv:
     device_type: str
     backend: str
     gpu_ids: tuple[str, ...] = field(default=())
+    deterministic: bool = False  # the tier runs under torch.use_deterministic_algorithms(True)
 
     @property
     def device(self) -> torch.device:
@@ -46,7 +49,7 @@ class TierEnv:
         return self.device_type == "cuda"
 
     def tolerances(self, dtype: torch.dtype = torch.float32) -> tuple[float, float]:
-        if not self.is_cuda and dtype in (torch.float32, torch.float64):
+        if (self.deterministic or not self.is_cuda) and dtype in (torch.float32, torch.float64):
             return (0.0, 0.0)
         return CUDA_TOLERANCES.get(dtype, CUDA_TOLERANCES[torch.bfloat16])
 
@@ -57,10 +60,12 @@ class TierEnv:
         return measure.activation_bytes(model, step, _tensors(inputs))
 
     def cuda_activation_bytes(self, step: measure.Step) -> int:
+        __tracebackhide__ = True
         self._require_cuda("cuda_activation_bytes")
         return measure.cuda_activation_bytes(step)
 
     def cuda_peak_bytes(self, step: measure.Step) -> int:
+        __tracebackhide__ = True
         self._require_cuda("cuda_peak_bytes")
         return measure.cuda_peak_bytes(step)
 
@@ -71,8 +76,12 @@ class TierEnv:
         measure.assert_grads_match(expected, actual, rtol=rtol, atol=atol)
 
     def _require_cuda(self, what: str) -> None:
-        if not self.is_cuda:
-            raise RuntimeError(f"{what} needs a CUDA tier; this is tier {self.name!r} on {self.device_type}")
+        __tracebackhide__ = True  # a skip names the test's line
+        if self.is_cuda:
+            return
+        if self.gpu_ids and devices.fake_gpu_count():
+            pytest.skip(f"{what} needs real CUDA; {devices.FAKE_GPUS_ENV} runs tier {self.name!r} on CPU")
+        raise RuntimeError(f"{what} needs a CUDA tier; this is tier {self.name!r} on {self.device_type}")
 
 
 def _tensors(inputs: Any) -> list[torch.Tensor]:

@@ -1,9 +1,11 @@
-"""Shipping one test call into a rank and running it there.
+"""Shipping one test call into a rank and running it there with pytest's semantics.
 
-Fixtures and parameters resolve in the pytest process; their values travel
-pickled. The test function travels by name (module, file, class, function)
-and is re-imported in the rank with pytest's assertion rewriting, so a failed
-`assert` explains itself as it would in-process.
+Fixtures and parameters resolve in the pytest process, and so do xunit
+`setup_method`s and fixtures that set attributes on the test instance; the
+values travel pickled. The test function travels by name (module, file, class,
+function) and is re-imported in the rank with pytest's assertion rewriting, so
+a failed `assert` explains itself as it would in-process. The run's warning
+filters, traceback style and `-l` travel too.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import io
 import operator
 import os
 import pickle
@@ -18,16 +21,18 @@ import sys
 import time
 import traceback
 import types
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from _pytest._code import Traceback
 from _pytest.assertion.rewrite import rewrite_asserts
+from _pytest.config import apply_warning_filters, parse_warning_filter
 
-from harness.ranks.results import FAILED, PASSED, SKIPPED, XFAILED, RankReport
+from harness.ranks.results import FAILED, PASSED, SKIPPED, XFAILED, RankReport, RankWarning
 
-_COLLECTIVE_HINTS = ("gloo", "nccl", "connection closed by peer", "connection reset by peer", "timed out")
+_DIST_DIR = os.sep + os.path.join("torch", "distributed") + os.sep
 
 
 @dataclass(frozen=True)
@@ -38,43 +43,77 @@ class Call:
     cls: str | None
     name: str
     funcargs: bytes
+    instance_state: bytes | None  # attributes xunit set-up and fixtures gave the test instance
     sys_path: tuple[str, ...]
     environ: dict[str, str]
     tbstyle: str
+    showlocals: bool
+    verbosity: int
+    seed: int
+    warning_filters: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] = field(default=((), (), ()))
 
 
-def make_call(item: pytest.Function) -> Call:
-    """Describe `item` so a rank can run it; fails naming a fixture that cannot be pickled."""
-    funcargs = {name: item.funcargs[name] for name in item._fixtureinfo.argnames}
+class _Pickler(pickle.Pickler):
+    """A `monkeypatch` reaches the rank as a fresh MonkeyPatch, undone after the test there;
+    the pytest process's own patches are undone by pytest and its environment is mirrored."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, pytest.MonkeyPatch):
+            return pytest.MonkeyPatch, ()
+        return NotImplemented
+
+
+def _dumps(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    return buffer.getvalue()
+
+
+def _pickled(values: dict[str, Any], what: str) -> bytes:
+    """Pickle `values`, naming the entry that cannot be (only searched for once pickling has failed)."""
     try:
-        pickled = pickle.dumps(funcargs)
+        return _dumps(values)
     except Exception as error:
-        raise TypeError(_unpicklable(funcargs, error)) from error
-    style = item.config.getoption("tbstyle", "auto")
+        for name, value in values.items():
+            try:
+                _dumps(value)
+            except Exception:
+                raise TypeError(
+                    f"{what} {name!r} ({type(value).__name__}) cannot be pickled into the ranks "
+                    f"of a world_size test: {error}"
+                ) from error
+        raise TypeError(
+            f"the {what}s of this world_size test cannot be pickled into its ranks: {error}"
+        ) from error
+
+
+def make_call(item: pytest.Function, seed: int) -> Call:
+    """Describe `item` so a rank can run it; fails naming a value that cannot be pickled."""
+    config = item.config
+    funcargs = {name: item.funcargs[name] for name in item._fixtureinfo.argnames}
+    instance = item.instance
+    state = _pickled(vars(instance), "test instance attribute") if instance is not None else None
+    marks = tuple(arg for mark in item.iter_markers(name="filterwarnings") for arg in mark.args)
     return Call(
         nodeid=item.nodeid,
         module=item.module.__name__,
         path=str(item.path),
         cls=item.cls.__qualname__ if item.cls is not None else None,
         name=item.function.__name__,
-        funcargs=pickled,
+        funcargs=_pickled(funcargs, "fixture or parameter"),
+        instance_state=state,
         sys_path=tuple(sys.path),
         environ=dict(os.environ),
-        tbstyle=style,
+        tbstyle=config.getoption("tbstyle", "auto"),
+        showlocals=bool(config.getoption("showlocals", False)),
+        verbosity=config.get_verbosity(),
+        seed=seed,
+        warning_filters=(
+            tuple(config.getini("filterwarnings")),
+            tuple(config.known_args_namespace.pythonwarnings or ()),
+            marks,
+        ),
     )
-
-
-def _unpicklable(funcargs: dict[str, Any], error: Exception) -> str:
-    """Name the fixture that failed to pickle (only searched for once pickling has failed)."""
-    for name, value in funcargs.items():
-        try:
-            pickle.dumps(value)
-        except Exception:
-            return (
-                f"fixture or parameter {name!r} ({type(value).__name__}) cannot be pickled into the ranks "
-                f"of a world_size test: {error}"
-            )
-    return f"the arguments of this world_size test cannot be pickled into its ranks: {error}"
 
 
 def _load_module(name: str, path: str) -> types.ModuleType:
@@ -96,67 +135,127 @@ def _load_module(name: str, path: str) -> types.ModuleType:
     return module
 
 
-def resolve(call: Call) -> Any:
-    """The test function (bound to a fresh instance for class tests), as pytest would call it."""
+def resolve(call: Call) -> tuple[Any, dict[str, Any]]:
+    """The test function (bound to an instance carrying the pytest process's attributes) and its arguments."""
     sys.path[:0] = [entry for entry in call.sys_path if entry not in sys.path]
     module = _load_module(call.module, call.path)
+    kwargs = pickle.loads(call.funcargs)
     if call.cls is None:
-        return getattr(module, call.name)
-    return getattr(operator.attrgetter(call.cls)(module)(), call.name)
+        return getattr(module, call.name), kwargs
+    cls = operator.attrgetter(call.cls)(module)
+    instance = cls.__new__(cls)
+    if call.instance_state is not None:
+        vars(instance).update(pickle.loads(call.instance_state))
+    return getattr(instance, call.name), kwargs
 
 
-def _is_knock_on(error: BaseException) -> bool:
-    """Errors a collective raises because another rank failed first."""
+def _raised_in_collective(error: BaseException) -> bool:
+    """Whether the innermost frame is torch.distributed's: a collective that broke, which
+    may be another rank's doing. Decided by where it was raised, never by its text."""
     import torch.distributed as dist
 
     if isinstance(error, dist.DistError):
         return True
-    text = str(error).lower()
-    return isinstance(error, RuntimeError) and any(hint in text for hint in _COLLECTIVE_HINTS)
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and _DIST_DIR in tb.tb_frame.f_code.co_filename
 
 
-def _format(error: BaseException, style: str, test_path: str) -> str:
+def _format(error: BaseException, call: Call) -> str:
     """pytest's own traceback rendering; with `auto`, frames outside the test file are short."""
     tb = error.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next
-    if style == "native":
+    if call.tbstyle == "native":
         return "".join(traceback.format_exception(type(error), error, tb))
     try:
         info = pytest.ExceptionInfo.from_exc_info((type(error), error, tb or error.__traceback__))
-        if style == "auto":
+        if call.tbstyle == "auto":
             info.traceback = Traceback(
-                entry if str(entry.path) == test_path else entry.with_repr_style("short")
+                entry if str(entry.path) == call.path else entry.with_repr_style("short")
                 for entry in info.traceback
             )
         return str(
-            info.getrepr(style="long" if style == "auto" else style, funcargs=True, truncate_locals=True)
+            info.getrepr(
+                style="long" if call.tbstyle == "auto" else call.tbstyle,
+                funcargs=True,
+                showlocals=call.showlocals,
+                truncate_locals=call.verbosity <= 1,
+            )
         )
     except Exception:
         return "".join(traceback.format_exception(type(error), error, tb))
 
 
-def execute(call: Call, rank: int) -> RankReport:
-    """Run the test body once in this rank and report how it ended."""
-    import torch.distributed as dist
-
-    start = time.perf_counter()
+def _location(error: BaseException) -> tuple[str, int] | None:
+    """Where a skip was raised, as pytest reports it (the innermost frame not hidden)."""
     try:
-        resolve(call)(**pickle.loads(call.funcargs))
-        outcome, text, knock_on = PASSED, "", False
-    except pytest.xfail.Exception as error:
-        outcome, text, knock_on = XFAILED, error.msg, False
-    except pytest.skip.Exception as error:
-        outcome, text, knock_on = SKIPPED, error.msg, False
-    except KeyboardInterrupt:
-        raise
-    except BaseException as error:
-        outcome, text, knock_on = FAILED, _format(error, call.tbstyle, call.path), _is_knock_on(error)
-    return RankReport(
-        rank,
-        outcome,
-        text,
-        knock_on=knock_on,
-        group_alive=dist.is_initialized(),
-        duration_s=time.perf_counter() - start,
-    )
+        crash = pytest.ExceptionInfo.from_exception(error)._getreprcrash()
+    except Exception:
+        return None
+    return (str(crash.path), crash.lineno) if crash is not None else None
+
+
+def _portable(error: BaseException) -> bytes | None:
+    """The exception itself, for `xfail(raises=...)` in the pytest process, when it survives pickling."""
+    try:
+        blob = pickle.dumps(error)
+        pickle.loads(blob)
+    except Exception:
+        return None
+    return blob
+
+
+def _recorded(log: list[warnings.WarningMessage]) -> list[RankWarning]:
+    recorded = []
+    for entry in log:
+        category = entry.category
+        try:
+            pickle.loads(pickle.dumps(category))
+        except Exception:
+            category = UserWarning
+        recorded.append(RankWarning(category, str(entry.message), entry.filename, entry.lineno))
+    return recorded
+
+
+def _warning_filters(call: Call) -> None:
+    """pytest's filters for a test: -W and ini first, then `filterwarnings` marks, as pytest applies them."""
+    ini, cmdline, marks = call.warning_filters
+    if not sys.warnoptions:
+        warnings.filterwarnings("always", category=DeprecationWarning)
+        warnings.filterwarnings("always", category=PendingDeprecationWarning)
+    apply_warning_filters(list(ini), list(cmdline))
+    for arg in marks:
+        warnings.filterwarnings(*parse_warning_filter(arg, escape=False))
+
+
+def failure(call: Call, rank: int, error: BaseException) -> RankReport:
+    """A rank that could not even load the test (import error, unpicklable value)."""
+    return RankReport(rank, FAILED, _format(error, call), failed_at=time.time())
+
+
+def execute(call: Call, test: Any, kwargs: dict[str, Any], rank: int) -> RankReport:
+    """Run the test body once in this rank and report how it ended."""
+    start = time.perf_counter()
+    report = RankReport(rank, PASSED)
+    with warnings.catch_warnings(record=True) as log:
+        _warning_filters(call)
+        try:
+            returned = test(**kwargs)
+            if returned is not None:
+                report.returned = type(returned).__name__
+        except pytest.xfail.Exception as error:
+            report.outcome, report.text = XFAILED, error.msg
+        except pytest.skip.Exception as error:
+            report.outcome, report.text, report.location = SKIPPED, error.msg, _location(error)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:
+            report.outcome, report.text = FAILED, _format(error, call)
+            report.collective = _raised_in_collective(error)
+            report.error = _portable(error)
+            report.failed_at = time.time()
+    report.warnings = _recorded(log)
+    report.duration_s = time.perf_counter() - start
+    return report

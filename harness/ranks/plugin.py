@@ -1,54 +1,44 @@
-"""pytest hooks for `@pytest.mark.world_size(N)` tests (pytest11 entry point `harness_ranks`).
+"""pytest hooks for `@pytest.mark.world_size(N)` tests, registered by `harness.plugin` when enabled.
 
 The marker parametrizes `world_size`; `pytest_pyfunc_call` ships the call to
-a pool of N ranks and turns their reports into one outcome.
+a pool of N ranks and turns their reports into one outcome, as pytest would
+report the same body run in-process: skips at the test's own line, xfail
+with `raises=`, warnings and returned values, output per rank.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import pickle
+import sys
+import warnings
 
 import pytest
 
-from harness import devices, tiers
-from harness import plugin as tier_plugin
+from harness import tiers
+from harness.plugin import OPTIONS_KEY, tier_name
 from harness.ranks import calls
-from harness.ranks.pool import PoolKey, PoolRegistry
-from harness.ranks.results import FAILED, SKIPPED, XFAILED
+from harness.ranks.pool import PoolKey, PoolRegistry, RunResult
+from harness.ranks.results import FAILED, SKIPPED, XFAILED, Verdict
 
-DEFAULT_DIST_TIMEOUT_S = 120.0
-REGISTRY_KEY = pytest.StashKey[PoolRegistry]()
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("harness-ranks", "multi-rank (world_size) tests")
-    group.addoption(
-        "--dist-timeout",
-        type=float,
-        default=DEFAULT_DIST_TIMEOUT_S,
-        metavar="SECONDS",
-        help="fail a world_size test whose ranks have not all finished after SECONDS, with every rank's "
-        f"Python stack (default {DEFAULT_DIST_TIMEOUT_S:g}); the process-group timeout is 0.8x this",
-    )
+SKIP_LOCATION_KEY = pytest.StashKey[tuple[str, int]]()
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "world_size(n, cpu=None): run the body in n ranks (a list: each size) with the default process group "
-        "initialised; cpu=<int or list> limits the sizes run in the cpu tier",
-    )
-    config.addinivalue_line(
-        "markers", "isolated: run a world_size test in fresh ranks instead of a reused pool"
-    )
-    config.stash[REGISTRY_KEY] = PoolRegistry(timeout_s=config.getoption("--dist-timeout"))
+class RankPoolReplaced(pytest.PytestWarning):
+    """A test left its ranks in a state a fresh rank would not have; the next test got new ones."""
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    registry = config.stash.get(REGISTRY_KEY, None)
-    if registry is not None:
-        registry.close_all()
+class RankProcessesEnded(pytest.PytestWarning):
+    """A test left processes running in its ranks; they were ended with the test."""
+
+
+def prefixed(rank: int, text: str) -> str:
+    """Rank output as the report and `-s` show it: every line tagged with its rank."""
+    return "".join(f"[rank {rank}] {line}" for line in text.splitlines(keepends=True))
+
+
+def _echo(rank: int, text: str) -> None:
+    sys.stdout.write(prefixed(rank, text))
+    sys.stdout.flush()
 
 
 def _sizes(value: object, where: str) -> list[int]:
@@ -58,81 +48,147 @@ def _sizes(value: object, where: str) -> list[int]:
     return sizes
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    marker = metafunc.definition.get_closest_marker("world_size")
-    if marker is None:
-        if metafunc.definition.get_closest_marker("isolated") is not None:
-            raise pytest.UsageError(
-                f"{metafunc.definition.nodeid}: @pytest.mark.isolated needs world_size(n)"
-            )
-        return
-    if len(marker.args) != 1:
-        raise pytest.UsageError(
-            f"{metafunc.definition.nodeid}: world_size takes one argument (an int or a list)"
-        )
-    sizes = _sizes(marker.args[0], metafunc.definition.nodeid)
-    if "world_size" not in metafunc.fixturenames:
-        metafunc.fixturenames.append("world_size")
-    metafunc.parametrize("world_size", sizes, ids=[f"ws{n}" for n in sizes])
+class RankHooks:
+    """Runs world_size tests in pooled ranks; one registry of pools per pytest process."""
 
+    def __init__(self, config: pytest.Config, dist_timeout_s: float) -> None:
+        self.config = config
+        self.registry = PoolRegistry(timeout_s=dist_timeout_s)
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Drop sizes a marker keeps out of the cpu tier; skip multigpu sizes beyond this host's GPUs."""
-    kept, dropped = [], []
-    for item in items:
-        marker = item.get_closest_marker("world_size")
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self.registry.close_all()
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        marker = metafunc.definition.get_closest_marker("world_size")
         if marker is None:
-            kept.append(item)
-            continue
-        size, tier = item.callspec.params["world_size"], tier_plugin.tier_name(item)
-        cpu_sizes = marker.kwargs.get("cpu")
-        if tier == "cpu" and cpu_sizes is not None and size not in _sizes(cpu_sizes, item.nodeid):
-            dropped.append(item)
-            continue
-        if tier is not None and tiers.TIERS[tier].min_gpus and size > devices.gpu_count() >= 2:
-            item.add_marker(
-                pytest.mark.skip(reason=f"world size {size} needs {size} GPUs; {devices.gpu_count()} here")
+            if metafunc.definition.get_closest_marker("isolated") is not None:
+                raise pytest.UsageError(
+                    f"{metafunc.definition.nodeid}: @pytest.mark.isolated needs world_size(n)"
+                )
+            return
+        if len(marker.args) != 1:
+            raise pytest.UsageError(
+                f"{metafunc.definition.nodeid}: world_size takes one argument (an int or a list)"
             )
-        kept.append(item)
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = kept
+        sizes = _sizes(marker.args[0], metafunc.definition.nodeid)
+        if "world_size" not in metafunc.fixturenames:
+            metafunc.fixturenames.append("world_size")
+        metafunc.parametrize("world_size", sizes, ids=[f"ws{n}" for n in sizes])
+
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """Refuse items the marker cannot apply to; drop sizes a marker keeps out of the cpu tier."""
+        kept, dropped, misplaced = [], [], []
+        for item in items:
+            marker = item.get_closest_marker("world_size")
+            if marker is None:
+                kept.append(item)
+                continue
+            if tiers.world_size_of(item) is None:
+                misplaced.append(f"{item.nodeid} ({type(item).__name__})")
+                continue
+            cpu_sizes = marker.kwargs.get("cpu")
+            if (
+                tier_name(item) == "cpu"
+                and cpu_sizes is not None
+                and tiers.world_size_of(item) not in _sizes(cpu_sizes, item.nodeid)
+            ):
+                dropped.append(item)
+                continue
+            kept.append(item)
+        if misplaced:
+            raise pytest.UsageError(
+                "@pytest.mark.world_size applies to test functions and methods only, not to unittest "
+                "methods, doctests or other items; remove it from (or move it off the module of): "
+                + ", ".join(misplaced)
+            )
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
+        if pyfuncitem.get_closest_marker("world_size") is None:
+            return None
+        __tracebackhide__ = True
+        item, options = pyfuncitem, pyfuncitem.config.stash[OPTIONS_KEY]
+        name = tier_name(item) or "cpu"
+        call = calls.make_call(item, options.seed)
+        # pytest-rerunfailures counts attempts: a rerun always gets fresh ranks.
+        isolated = item.get_closest_marker("isolated") is not None or getattr(item, "execution_count", 1) > 1
+        streaming = item.config.getoption("capture") == "no"
+        with tiers.lease(item, name) as ids:
+            key = PoolKey(tiers.world_size_of(item), name, tiers.backend_for(name), ids)
+            result = self.registry.run(key, call, isolated=isolated, echo=_echo if streaming else None)
+        _report(item, result)
+        _conclude(item, result.verdict)
+        return True
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+        """A skip in the ranks is reported where the test raised it, not in this plugin."""
+        report = yield
+        location = item.stash.get(SKIP_LOCATION_KEY, None)
+        if location is not None and report.skipped and isinstance(report.longrepr, tuple):
+            report.longrepr = (location[0], location[1], report.longrepr[2])
+        return report
 
 
-@contextlib.contextmanager
-def _device_ids(item: pytest.Function, tier: str) -> Iterator[tuple[str, ...]]:
-    """The leased devices: from the `tier` fixture when the test holds one, else a lease of our own."""
-    if tiers.TIERS[tier].min_gpus == 0:
-        yield ()
-        return
-    env = item.funcargs.get("tier")
-    if env is not None and getattr(env, "gpu_ids", ()):
-        yield tuple(env.gpu_ids)
-        return
-    with devices.lease(tier_plugin.gpus_needed(item, tier), holder=item.nodeid) as leased:
-        yield tuple(leased)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    if pyfuncitem.get_closest_marker("world_size") is None:
-        return None
-    size = pyfuncitem.callspec.params["world_size"]
-    tier = tier_plugin.tier_name(pyfuncitem) or "cpu"
-    call = calls.make_call(pyfuncitem)
-    registry = pyfuncitem.config.stash[REGISTRY_KEY]
-    isolated = pyfuncitem.get_closest_marker("isolated") is not None
-    with _device_ids(pyfuncitem, tier) as ids:
-        key = PoolKey(size, tiers.backend_for(tier), ids)
-        result = registry.run(key, call, isolated=isolated)
+def _report(item: pytest.Function, result: RunResult) -> None:
+    """What pytest would show for the body run in-process: output, warnings, returned values."""
     for report in result.reports:
         if report.output.strip():
-            pyfuncitem.add_report_section("call", f"rank {report.rank} output", report.output)
-    outcome = result.verdict.outcome
-    if outcome == SKIPPED:
-        pytest.skip(result.verdict.message)
-    if outcome == XFAILED:
-        pytest.xfail(result.verdict.message)
-    if outcome == FAILED:
-        pytest.fail(result.verdict.message, pytrace=False)
-    return True
+            item.add_report_section("call", "stdout", prefixed(report.rank, report.output))
+    seen = set()
+    for report in result.reports:
+        for warning in report.warnings:
+            if (key := (warning.category, warning.message, warning.filename, warning.lineno)) not in seen:
+                seen.add(key)
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    returned = sorted({(r.returned, r.rank) for r in result.reports if r.returned is not None})
+    if returned:
+        warnings.warn(
+            pytest.PytestReturnNotNoneWarning(
+                f"Test functions should return None, but {item.nodeid} returned a {returned[0][0]} "
+                f"in ranks {[rank for _, rank in returned]}; did you mean to use `assert`?"
+            ),
+            stacklevel=1,
+        )
+    ended = [f"rank {r.rank} {what}" for r in result.reports for what in r.ended]
+    if ended:
+        warnings.warn(
+            RankProcessesEnded(f"{item.nodeid} left processes running; ended: {'; '.join(ended)}"),
+            stacklevel=1,
+        )
+    if result.replaced:
+        warnings.warn(
+            RankPoolReplaced(
+                f"{item.nodeid}: ranks replaced for the next test: {'; '.join(result.replaced)}"
+            ),
+            stacklevel=1,
+        )
+
+
+def _conclude(item: pytest.Function, verdict: Verdict) -> None:
+    __tracebackhide__ = True
+    if verdict.outcome == SKIPPED:
+        if verdict.lead is not None and verdict.lead.location is not None:
+            item.stash[SKIP_LOCATION_KEY] = verdict.lead.location
+        pytest.skip(verdict.message)
+    if verdict.outcome == XFAILED:
+        pytest.xfail(verdict.message)
+    if verdict.outcome == FAILED:
+        error = _lead_error(verdict) if item.get_closest_marker("xfail") is not None else None
+        if error is not None:
+            # pytest's xfail checks `raises=` against the exception itself.
+            error.__notes__ = [*(getattr(error, "__notes__", None) or []), verdict.message]
+            raise error
+        pytest.fail(verdict.message, pytrace=False)
+
+
+def _lead_error(verdict: Verdict) -> BaseException | None:
+    if verdict.lead is None or verdict.lead.error is None:
+        return None
+    try:
+        return pickle.loads(verdict.lead.error)
+    except Exception:
+        return None

@@ -1,9 +1,11 @@
 """Pools of rank processes, reused across tests and replaced after a failure.
 
-A pool is keyed by world size, backend and device set. Ranks are forked from
-a forkserver that has torch imported (never from a process that touched
+A pool is keyed by world size, tier, backend and device set. Ranks are forked
+from a forkserver that has torch imported (never from a process that touched
 CUDA), so a fresh pool costs a fraction of a second after the first, and a
-warm pool runs a test for the price of two pipe messages per rank.
+warm pool runs a test for the price of two pipe messages per rank. A pool is
+also replaced when a test left it in a state a fresh rank would not have
+(`RunResult.replaced` says why).
 """
 
 from __future__ import annotations
@@ -12,15 +14,19 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
+from pathlib import Path
 
 import torch.multiprocessing
 
+from harness import tiers
 from harness.ranks import rendezvous, worker
 from harness.ranks.calls import Call
 from harness.ranks.results import CRASHED, FAILED, RUNNING, RankReport, Verdict, exit_report, verdict
@@ -28,6 +34,14 @@ from harness.ranks.results import CRASHED, FAILED, RUNNING, RankReport, Verdict,
 PRELOAD = ["torch", "torch.distributed", "pytest", "harness.ranks.worker"]
 _STACK_WAIT_S = 2.0
 _LOG_TAIL_BYTES = 4000
+# The most output of one rank in one test that a report carries (the end is kept).
+OUTPUT_CAP_BYTES = 1 << 20
+_ECHO_POLL_S = 0.05
+# N ranks compiling at once already fill the host; torch.compile's worker pool would
+# also leave processes running between tests.
+_RANK_DEFAULTS = {"TORCHINDUCTOR_COMPILE_THREADS": "1"}
+
+Echo = Callable[[int, str], None]
 
 
 def _without_watcher(dump: str) -> str:
@@ -42,6 +56,7 @@ class PoolStartError(RuntimeError):
 @dataclass(frozen=True)
 class PoolKey:
     world_size: int
+    tier: str
     backend: str
     device_ids: tuple[str, ...] = ()
 
@@ -50,6 +65,7 @@ class PoolKey:
 class RunResult:
     verdict: Verdict
     reports: list[RankReport]
+    replaced: list[str] = field(default_factory=list)  # why the ranks were not kept for the next test
 
 
 def rank_context() -> BaseContext:
@@ -57,6 +73,35 @@ def rank_context() -> BaseContext:
     context = torch.multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     return context
+
+
+def logs_root() -> Path:
+    return Path(tempfile.gettempdir()) / f"harness-ranks-{os.getuid()}"
+
+
+def remove_stale_logs() -> None:
+    """Log folders of pytest processes that were killed before they could remove their own."""
+    with contextlib.suppress(OSError):
+        for folder in logs_root().iterdir():
+            owner = folder.name.partition("-")[0]
+            if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Keep multiprocessing from re-running the caller's script in each rank.
+
+    A script that calls `pytest.main()` without a `__main__` guard would run the
+    whole session again inside every rank. Ranks need nothing from `__main__`.
+    """
+    main = sys.modules["__main__"]
+    path = main.__dict__.pop("__file__", None) if getattr(main, "__spec__", None) is None else None
+    try:
+        yield
+    finally:
+        if path is not None:
+            main.__file__ = path
 
 
 class RankPool:
@@ -68,31 +113,39 @@ class RankPool:
         self.grace_s = grace_s
         self.broken = False
         self.ready = False
-        self.logdir = tempfile.mkdtemp(prefix="harness-ranks-")
+        root = logs_root()
+        root.mkdir(parents=True, exist_ok=True)
+        self.logdir = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root)
         group_timeout = max(1.0, 0.8 * timeout_s)
         self.store = rendezvous.host_store(key.world_size, group_timeout)
         cuda_ids = key.device_ids if key.backend == "nccl" else ()
+        extra = {
+            **{k: v for k, v in _RANK_DEFAULTS.items() if k not in os.environ},
+            **tiers.environment(key.tier),
+        }
         self.conns: list[Connection] = []
         self.procs = []
         self.log_paths = []
-        for rank in range(key.world_size):
-            log_path = os.path.join(self.logdir, f"rank{rank}.log")
-            spec = worker.RankSpec(
-                rank=rank,
-                world_size=key.world_size,
-                backend=key.backend,
-                env=rendezvous.rank_env(rank, key.world_size, self.store.port, cuda_ids),
-                log_path=log_path,
-                owner_pid=os.getpid(),
-                group_timeout_s=group_timeout,
-            )
-            parent_end, child_end = context.Pipe()
-            proc = context.Process(target=worker.main, args=(spec, child_end), name=f"harness-rank{rank}")
-            proc.start()
-            child_end.close()
-            self.conns.append(parent_end)
-            self.procs.append(proc)
-            self.log_paths.append(log_path)
+        with _main_module_hidden():
+            for rank in range(key.world_size):
+                log_path = os.path.join(self.logdir, f"rank{rank}.log")
+                spec = worker.RankSpec(
+                    rank=rank,
+                    world_size=key.world_size,
+                    backend=key.backend,
+                    env={**rendezvous.rank_env(rank, key.world_size, self.store.port, cuda_ids), **extra},
+                    log_path=log_path,
+                    owner_pid=os.getpid(),
+                    group_timeout_s=group_timeout,
+                    deterministic=tiers.TIERS[key.tier].deterministic,
+                )
+                parent_end, child_end = context.Pipe()
+                proc = context.Process(target=worker.main, args=(spec, child_end), name=f"harness-rank{rank}")
+                proc.start()
+                child_end.close()
+                self.conns.append(parent_end)
+                self.procs.append(proc)
+                self.log_paths.append(log_path)
 
     @property
     def pids(self) -> list[int]:
@@ -110,13 +163,22 @@ class RankPool:
     def _read_log(self, rank: int, start: int, limit: int | None = None) -> str:
         try:
             with open(self.log_paths[rank], "rb") as log:
-                log.seek(start)
-                data = log.read()
+                size = log.seek(0, os.SEEK_END)
+                if limit is not None and size - start > limit:
+                    log.seek(size - limit)
+                    data = f"... ({size - start - limit} bytes cut)\n".encode() + log.read()
+                else:
+                    log.seek(start)
+                    data = log.read()
         except OSError:
             return ""
-        if limit is not None and len(data) > limit:
-            data = b"...\n" + data[-limit:]
         return data.decode(errors="replace")
+
+    def _truncate_logs(self) -> None:
+        """Ranks append, so emptying the logs between tests caps them at one test's output."""
+        for path in self.log_paths:
+            with contextlib.suppress(OSError):
+                os.truncate(path, 0)
 
     def wait_ready(self) -> None:
         """Block until every rank has joined the process group."""
@@ -139,58 +201,103 @@ class RankPool:
                     waiting.discard(rank)
                 elif not self.procs[rank].is_alive():
                     report = exit_report(
-                        rank, self.procs[rank].exitcode, self._read_log(rank, 0, _LOG_TAIL_BYTES)
+                        rank, self.procs[rank].exitcode, self._read_log(rank, 0, _LOG_TAIL_BYTES), time.time()
                     )
                     raise PoolStartError(f"rank {rank} {report.text}")
         self.ready = True
 
-    def run(self, call: Call) -> RunResult:
-        """Run `call` in every rank; the first failure ends the wait after a short grace."""
+    def run(self, call: Call, echo: Echo | None = None) -> RunResult:
+        """Run `call` in every rank; the first failure ends the wait after a short grace.
+
+        With `echo`, each rank's output is handed over line by line while it runs
+        (pytest -s) instead of being collected for the report.
+        """
         try:
             self.wait_ready()
         except PoolStartError:
             self.broken = True
             raise
         size = self.key.world_size
-        offsets = [self._log_size(r) for r in range(size)]
+        self._truncate_logs()
+        echoed = [0] * size
         for conn in self.conns:
             conn.send(("run", call))
         reports: dict[int, RankReport] = {}
-        arrival: list[int] = []
         deadline = time.monotonic() + self.timeout_s
         failed_at: float | None = None
-        while len(reports) < size:
-            limit = deadline if failed_at is None else min(deadline, failed_at + self.grace_s)
-            pending = [r for r in range(size) if r not in reports]
-            ready = wait(
-                [self.conns[r] for r in pending] + [self.procs[r].sentinel for r in pending],
-                max(0.0, limit - time.monotonic()),
-            )
-            if not ready:
-                break
-            for rank in pending:
-                report = self._collect(rank, offsets[rank])
-                if report is None:
-                    continue
-                reports[rank] = report
-                arrival.append(rank)
-                if report.outcome in (FAILED, CRASHED) and failed_at is None:
-                    failed_at = time.monotonic()
+        try:
+            while len(reports) < size:
+                limit = deadline if failed_at is None else min(deadline, failed_at + self.grace_s)
+                pending = [r for r in range(size) if r not in reports]
+                left = max(0.0, limit - time.monotonic())
+                ready = wait(
+                    [self.conns[r] for r in pending] + [self.procs[r].sentinel for r in pending],
+                    min(left, _ECHO_POLL_S) if echo else left,
+                )
+                if echo:
+                    self._echo(echo, echoed)
+                if not ready and time.monotonic() >= limit:
+                    break
+                for rank in pending:
+                    report = self._collect(rank)
+                    if report is None:
+                        continue
+                    reports[rank] = report
+                    if report.outcome in (FAILED, CRASHED) and failed_at is None:
+                        failed_at = time.monotonic()
+        except BaseException as interrupt:
+            # pytest-timeout (or anything else) ended the wait: show where every rank was.
+            self.broken = True
+            if not isinstance(interrupt, KeyboardInterrupt):
+                unfinished = {r: RankReport(r, RUNNING) for r in range(size) if r not in reports}
+                self._dump_stacks(unfinished)
+                stacks = "\n\n".join(
+                    f"rank {r} of {size}:\n{rep.stack.rstrip()}" for r, rep in unfinished.items()
+                )
+                if stacks:
+                    notes = getattr(interrupt, "__notes__", None) or []
+                    interrupt.__notes__ = [*notes, f"Python stacks of the ranks still running:\n{stacks}"]
+            raise
+        if echo:
+            self._echo(echo, echoed, final=True)
         for rank in range(size):
-            if rank not in reports:
-                reports[rank] = RankReport(rank, RUNNING)
-                arrival.append(rank)
-            reports[rank].output = self._read_log(rank, offsets[rank])
-        hung = any(r.outcome == RUNNING for r in reports.values())
-        if hung or failed_at is not None or not all(r.group_alive for r in reports.values()):
+            reports.setdefault(rank, RankReport(rank, RUNNING))
+            if not echo:
+                reports[rank].output = self._read_log(rank, 0, OUTPUT_CAP_BYTES)
+        ordered = [reports[r] for r in range(size)]
+        hung = any(r.outcome == RUNNING for r in ordered)
+        replaced = [] if hung or failed_at is not None else self._replacement_reasons(ordered)
+        if hung or failed_at is not None or replaced:
             self.broken = True
         if hung:
             self._dump_stacks(reports)
-        ordered = [reports[r] for r in arrival]
         timeout = self.timeout_s if hung and failed_at is None else None
-        return RunResult(verdict(ordered, size, timeout), [reports[r] for r in range(size)])
+        return RunResult(verdict(ordered, size, timeout), ordered, replaced)
 
-    def _collect(self, rank: int, offset: int) -> RankReport | None:
+    @staticmethod
+    def _replacement_reasons(reports: list[RankReport]) -> list[str]:
+        """State a fresh rank would not have, which the ranks could not put back themselves."""
+        reasons = [f"rank {r.rank}: {why}" for r in reports for why in r.unclean]
+        if not all(r.group_alive for r in reports if r.outcome != RUNNING):
+            reasons.append("the default process group was destroyed")
+        counts = {r.rank: r.collectives for r in reports if r.collectives is not None}
+        if len(set(counts.values())) > 1:
+            reasons.append(
+                "ranks left a collective unmatched: their process groups are at different sequence "
+                f"numbers {counts} (torch counts point-to-point sends there too)"
+            )
+        return reasons
+
+    def _echo(self, echo: Echo, echoed: list[int], final: bool = False) -> None:
+        for rank in range(self.key.world_size):
+            text = self._read_log(rank, echoed[rank])
+            if not final:
+                text = text[: text.rfind("\n") + 1]
+            if text:
+                echoed[rank] += len(text.encode())
+                echo(rank, text)
+
+    def _collect(self, rank: int) -> RankReport | None:
         conn, proc = self.conns[rank], self.procs[rank]
         try:
             if conn.poll():
@@ -200,7 +307,7 @@ class RankPool:
         if proc.is_alive():
             return None
         proc.join()
-        return exit_report(rank, proc.exitcode, self._read_log(rank, offset, _LOG_TAIL_BYTES))
+        return exit_report(rank, proc.exitcode, self._read_log(rank, 0, _LOG_TAIL_BYTES), time.time())
 
     def _dump_stacks(self, reports: dict[int, RankReport]) -> None:
         """Ask each unfinished rank for its Python stack (faulthandler answers even inside a blocked collective)."""
@@ -221,7 +328,8 @@ class RankPool:
             reports[rank].stack = _without_watcher(self._read_log(rank, before[rank]))
 
     def close(self) -> None:
-        """Stop every rank (politely when idle, SIGKILL to the rank's process group otherwise)."""
+        """Stop every rank (politely when idle) and kill each rank's process group, so
+        nothing a test started survives, even below a rank that crashed."""
         if not self.broken:
             for conn in self.conns:
                 with contextlib.suppress(OSError):
@@ -230,9 +338,9 @@ class RankPool:
             for proc in self.procs:
                 proc.join(max(0.0, deadline - time.monotonic()))
         for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
             if proc.is_alive():
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
             proc.join(5.0)
@@ -254,6 +362,7 @@ class PoolRegistry:
 
     def _new(self, key: PoolKey) -> RankPool:
         if self._context is None:
+            remove_stale_logs()
             self._context = rank_context()
         return RankPool(key, self._context, self.timeout_s, self.grace_s)
 
@@ -269,11 +378,11 @@ class PoolRegistry:
         self.pools[key] = pool
         return pool
 
-    def run(self, key: PoolKey, call: Call, isolated: bool = False) -> RunResult:
+    def run(self, key: PoolKey, call: Call, isolated: bool = False, echo: Echo | None = None) -> RunResult:
         """Run in the pool for `key`, or in fresh ranks closed afterwards when `isolated`."""
         pool = self._new(key) if isolated else self.get(key)
         try:
-            return pool.run(call)
+            return pool.run(call, echo)
         except BaseException:
             pool.broken = True
             raise

@@ -1,18 +1,30 @@
 """One verdict from N rank reports.
 
-The root cause leads the report: the first rank to fail with an error of its
-own, then the others' knock-on errors (collectives broken by the failed rank)
-and the stacks of ranks still running. A skip counts only if every rank skips.
+Every rank that failed on its own leads the report, earliest first by the
+time it failed; then the others: collectives broken by a failed peer
+(knock-on) and the stacks of ranks still running. Whether an error is
+knock-on is decided by where it was raised (inside torch.distributed) and
+when, never by its text. A skip counts only if every rank skips.
 """
 
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PASSED, SKIPPED, XFAILED, FAILED = "passed", "skipped", "xfailed", "failed"
 CRASHED, RUNNING = "crashed", "running"
 _FAILURES = (FAILED, CRASHED)
+
+
+@dataclass(frozen=True)
+class RankWarning:
+    """A warning a rank recorded, re-issued in the pytest process for its summary."""
+
+    category: type[Warning]
+    message: str
+    filename: str
+    lineno: int
 
 
 @dataclass
@@ -22,20 +34,29 @@ class RankReport:
     rank: int
     outcome: str
     text: str = ""
-    knock_on: bool = False
+    collective: bool = False  # the error was raised inside torch.distributed
+    failed_at: float | None = None  # wall clock (time.time) of the failure
     group_alive: bool = True
     duration_s: float = 0.0
     output: str = ""
     stack: str = ""
+    error: bytes | None = None  # the pickled exception, for xfail(raises=...)
+    location: tuple[str, int] | None = None  # where a skip was raised
+    returned: str | None = None  # type name of a non-None return value
+    warnings: list[RankWarning] = field(default_factory=list)
+    collectives: int | None = None  # the default group's sequence number after the test
+    ended: list[str] = field(default_factory=list)  # processes the test left running, ended
+    unclean: list[str] = field(default_factory=list)  # state the rank could not put back
 
 
 @dataclass(frozen=True)
 class Verdict:
     outcome: str
     message: str
+    lead: RankReport | None = None  # the earliest own failure, when there is one
 
 
-def exit_report(rank: int, exitcode: int | None, log_tail: str) -> RankReport:
+def exit_report(rank: int, exitcode: int | None, log_tail: str, when: float) -> RankReport:
     """A rank that died mid-test; a negative code is the signal that killed it."""
     if exitcode is not None and exitcode < 0:
         try:
@@ -49,7 +70,7 @@ def exit_report(rank: int, exitcode: int | None, log_tail: str) -> RankReport:
         text = "exited with code 0 before reporting a result"
     if log_tail.strip():
         text += f"\nlast output:\n{log_tail.rstrip()}"
-    return RankReport(rank, CRASHED, text, group_alive=False)
+    return RankReport(rank, CRASHED, text, group_alive=False, failed_at=when)
 
 
 def _describe(report: RankReport, world_size: int) -> str:
@@ -67,41 +88,48 @@ def _describe(report: RankReport, world_size: int) -> str:
     return body
 
 
-def verdict(reports: list[RankReport], world_size: int, timeout_s: float | None = None) -> Verdict:
-    """Combine reports (in arrival order); `timeout_s` is set when the wait ran out.
+def _when(report: RankReport) -> float:
+    return report.failed_at if report.failed_at is not None else float("inf")
 
-    The lead is the first rank failing on its own (not from a broken collective);
-    failing that, the ranks still running, since a hung rank is what makes its
-    peers' collectives time out; failing that, the first knock-on error.
+
+def split_failures(reports: list[RankReport]) -> tuple[list[RankReport], list[RankReport]]:
+    """(own failures earliest first, knock-on failures).
+
+    A failure is the rank's own unless it broke inside a collective; if every
+    failure did, the earliest is taken as the cause, unless a rank is still
+    running (a hung rank is what times its peers' collectives out).
     """
-    failures = [r for r in reports if r.outcome in _FAILURES]
-    own = [r for r in failures if not r.knock_on]
+    failures = sorted((r for r in reports if r.outcome in _FAILURES), key=_when)
+    own = [r for r in failures if not (r.outcome == FAILED and r.collective)]
+    if not own and failures and not any(r.outcome == RUNNING for r in reports):
+        own = failures[:1]
+    return own, [r for r in failures if r not in own]
+
+
+def verdict(reports: list[RankReport], world_size: int, timeout_s: float | None = None) -> Verdict:
+    """Combine the reports; `timeout_s` is set when the wait ran out."""
+    own, knock_on = split_failures(reports)
     running = [r for r in reports if r.outcome == RUNNING]
-    if own:
-        lead = own[:1]
-    elif running:
-        lead = running
-    else:
-        lead = failures[:1]
+    lead = own or running
     if lead:
-        rest = [r for r in failures + running if r not in lead]
+        rest = knock_on + ([] if lead is running else running)
         message = "\n\n".join(_describe(r, world_size) for r in lead)
         if lead is running:
             waited = (
                 f"after {timeout_s:g}s (--dist-timeout)" if timeout_s is not None else "after a rank failed"
             )
             message = f"ranks {[r.rank for r in running]} still running {waited}:\n\n{message}"
-        finished = [r for r in reports if r not in failures and r not in running]
+        finished = [r for r in reports if r not in lead and r not in rest]
         if rest or finished:
             message += "\n\n---- other ranks (knock-on) ----\n\n"
             message += "\n\n".join(_describe(r, world_size) for r in rest + finished)
-        return Verdict(FAILED, message)
+        return Verdict(FAILED, message, own[0] if own else None)
     outcomes = {r.outcome for r in reports}
     if outcomes == {PASSED}:
         return Verdict(PASSED, "")
     if outcomes == {SKIPPED} or outcomes == {XFAILED}:
         reasons = sorted({r.text for r in reports})
-        return Verdict(outcomes.pop(), "; ".join(reasons))
+        return Verdict(outcomes.pop(), "; ".join(reasons), reports[0])
     by_outcome = {o: [r.rank for r in reports if r.outcome == o] for o in sorted(outcomes)}
     details = "; ".join(f"{o}: ranks {ranks}" for o, ranks in by_outcome.items())
     reasons = "; ".join(f"rank {r.rank}: {r.text}" for r in reports if r.text)

@@ -4,8 +4,9 @@ A rank must never outlive the pytest process that owns it, whatever kills
 that process (Ctrl-C, SIGTERM, SIGKILL of an xdist worker). Three layers:
 the kernel's parent-death signal, a thread that waits on a pidfd of the
 owning pytest process (the direct parent may be the forkserver), and the
-pool's own clean-up. Each rank leads its own process group, so whatever a
-test starts dies with it, and terminal Ctrl-C reaches pytest, not the ranks.
+pool's own clean-up. Each rank leads its own process group, so terminal
+Ctrl-C reaches pytest, not the ranks; what a test starts ends with the test
+(`children`), and what it changes is put back (`state`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from harness.ranks import calls, rendezvous
+import pytest
+import torch.distributed as dist
+
+from harness import tiers
+from harness.ranks import calls, children, rendezvous, state
+from harness.ranks.results import RankReport
 
 DUMP_SIGNAL = signal.SIGUSR1
 _PR_SET_PDEATHSIG = 1
@@ -37,6 +43,7 @@ class RankSpec:
     log_path: str
     owner_pid: int
     group_timeout_s: float
+    deterministic: bool
 
 
 def _kill_own_group() -> None:
@@ -96,13 +103,38 @@ def _mirror_environ(caller: dict[str, str], own: dict[str, str]) -> None:
     os.environ.update(wanted)
 
 
+def _run(call: calls.Call, rank: int, baseline: state.Baseline) -> RankReport:
+    """One test in this rank, then everything it changed or started put back or ended."""
+    kwargs = {}
+    modules = set(sys.modules)
+    try:
+        test, kwargs = calls.resolve(call)
+    except Exception as error:
+        report = calls.failure(call, rank, error)
+    else:
+        modules = baseline.start_test(call.seed)
+        report = calls.execute(call, test, kwargs, rank)
+    for value in kwargs.values():
+        if isinstance(value, pytest.MonkeyPatch):
+            value.undo()
+    report.unclean = baseline.restore(modules)
+    report.ended = children.end_descendants()
+    report.collectives = baseline.collectives()
+    report.group_alive = dist.is_initialized()
+    return report
+
+
 def main(spec: RankSpec, conn: Connection) -> None:
     """Entry point of a rank: start, then run calls until told to stop or orphaned."""
     _tie_to_owner(spec.owner_pid)
+    children.become_subreaper()
     _log_to(spec.log_path)
     os.environ.update(spec.env)
     try:
         rendezvous.init_default_group(spec.backend, spec.group_timeout_s)
+        if spec.deterministic:
+            tiers.set_deterministic(True)
+        baseline = state.Baseline()
     except Exception:
         _flush()
         conn.send(("start_failed", traceback.format_exc()))
@@ -116,7 +148,7 @@ def main(spec: RankSpec, conn: Connection) -> None:
         if message[0] == "exit":
             break
         _mirror_environ(message[1].environ, spec.env)
-        report = calls.execute(message[1], spec.rank)
+        report = _run(message[1], spec.rank, baseline)
         _flush()
         conn.send(("report", report))
     _flush()

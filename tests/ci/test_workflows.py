@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from harness import devices, matrix, tiers
+from harness import devices, inventory, matrix, tiers
 
 pytestmark = pytest.mark.tiers("cpu")
 
@@ -28,6 +27,8 @@ EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 
 
 def load(name: str) -> dict[str, Any]:
+    import yaml  # a GPU host may lack it; the GPU tiers never run this module's tests
+
     data = yaml.safe_load((WORKFLOWS / name).read_text())
     # YAML 1.1 reads the bare key `on` as True.
     data["on"] = data.pop(True, data.get("on"))
@@ -68,9 +69,17 @@ def ci() -> dict[str, Any]:
     return load("ci.yml")
 
 
+# A suite as the inventory describes it: CPU tests, one-GPU tests, multi-GPU tests needing 2, 3, 4 and 8.
+ENTRIES = [
+    inventory.Entry("tests/test_a.py::test_x[cpu]", "cpu", 0),
+    inventory.Entry("tests/test_a.py::test_x[gpu]", "gpu", 1),
+    *(inventory.Entry(f"tests/test_b.py::test_y[ws{n}-multigpu]", "multigpu", n) for n in (2, 3, 4, 8)),
+]
+
+
 @pytest.fixture(scope="module")
 def jobs() -> list[matrix.Job]:
-    return matrix.build(image="registry.example/ci:cuda")
+    return matrix.build(ENTRIES, image="registry.example/ci:cuda")
 
 
 # --- the matrix: one source, the tiers --------------------------------------------------------
@@ -105,25 +114,95 @@ def test_cpu_shards_partition_the_suite(jobs: list[matrix.Job]) -> None:
 
 
 def test_single_cpu_shard_runs_unsplit() -> None:
-    (job,) = [j for j in matrix.build(cpu_shards=1) if j.group == "cpu"]
+    (job,) = [j for j in matrix.build(ENTRIES, cpu_shards=1) if j.group == "cpu"]
     assert "--splits" not in job.pytest_args
 
 
 def test_scale_set_prefix_targets_one_scale_set_per_gpu_count() -> None:
-    gpu_jobs = [j for j in matrix.build(scale_set_prefix="ac-gpu") if j.gpus]
+    gpu_jobs = [j for j in matrix.build(ENTRIES, scale_set_prefix="ac-gpu") if j.gpus]
     assert [j.runs_on for j in gpu_jobs] == [[f"ac-gpu-{j.gpus}"] for j in gpu_jobs]
+
+
+def test_multigpu_jobs_are_sized_by_the_tests_needs(jobs: list[matrix.Job]) -> None:
+    """Needs 2, 3, 4, 8 on runner classes 1, 2, 4, 8: three jobs, each selecting the tests it fits."""
+    multi = {j.gpus: j.pytest_args for j in jobs if j.tier == "multigpu"}
+    assert sorted(multi) == [2, 4, 8]
+    assert "--gpu-range 2-2" in multi[2] and "--gpu-range 3-4" in multi[4] and "--gpu-range 8-8" in multi[8]
+    (gpu,) = [j for j in jobs if j.tier == "gpu"]
+    assert gpu.gpus == 1 and "--gpu-range" not in gpu.pytest_args
+    assert all("--reruns 1" in j.pytest_args for j in jobs), "CI reruns a failure once"
+
+
+def test_served_runner_classes_come_from_the_supervisor() -> None:
+    assert matrix.served_gpu_counts(ROOT / matrix.RUNNER_SUPERVISOR) == [1, 2, 4, 8]
+
+
+def test_check_names_a_test_no_runner_can_hold_and_an_unserved_label() -> None:
+    big = [*ENTRIES, inventory.Entry("tests/test_c.py::test_z[ws16-multigpu]", "multigpu", 16)]
+    served = [1, 2, 4, 8]
+    problems = matrix.check(big, matrix.build(big, served=served), served)
+    assert problems == [
+        f"tests/test_c.py::test_z[ws16-multigpu] needs 16 GPUs; the largest runner class ({matrix.RUNNER_SUPERVISOR}) has 8"
+    ]
+    unserved = matrix.check(ENTRIES, matrix.build(ENTRIES, served=[1, 3, 8]), [1, 2, 4, 8])
+    assert any("'gpu-3', which no runner" in problem for problem in unserved)
+
+
+def _harness(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_matrix_check_fails_on_a_planted_16_gpu_test(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """Collection reads the GPU need from the marker; `matrix --check` refuses it.
+    (The CI matrix job runs `matrix --check` on the whole project before every run.)"""
+    pytester.makepyfile(
+        test_planted="import pytest\n\n@pytest.mark.world_size(16)\ndef test_big():\n    pass\n"
+    )
+    listed = tmp_path / "inventory.json"
+    pytester.runpytest("--collect-only", "-q", f"--harness-inventory={listed}", "-p", "no:cacheprovider")
+    assert inventory.read(listed) == [
+        inventory.Entry("test_planted.py::test_big[ws16-cpu]", "cpu", 0),
+        inventory.Entry("test_planted.py::test_big[ws16-multigpu]", "multigpu", 16),
+    ]
+    bad = _harness("matrix", "--check", "--inventory", str(listed))
+    assert bad.returncode == 1
+    assert "test_planted.py::test_big[ws16-multigpu] needs 16 GPUs; the largest runner class" in bad.stderr
+    good = _harness("matrix", "--check", "--inventory", str(listed.with_name("none.json")))
+    assert good.returncode == 2 and "none.json" in good.stderr  # a missing file is a one-line error
+
+
+def test_matrix_warns_when_durations_miss_more_than_a_tenth(tmp_path: Path) -> None:
+    listed = tmp_path / "inventory.json"
+    listed.write_text(json.dumps([{"id": f"t.py::t{i}[cpu]", "tier": "cpu", "gpus": 0} for i in range(10)]))
+    recorded = tmp_path / "durations.json"
+    recorded.write_text(json.dumps({f"t.py::t{i}[cpu]": 1.0 for i in range(9)}))
+    assert (
+        "warning" not in _harness("matrix", "--inventory", str(listed), "--durations", str(recorded)).stderr
+    )
+    recorded.write_text(json.dumps({f"t.py::t{i}[cpu]": 1.0 for i in range(8)}))
+    warned = _harness("matrix", "--inventory", str(listed), "--durations", str(recorded)).stderr
+    assert "2 of 10 CPU-tier tests (20%) have no duration" in warned
+
+
+def test_bad_matrix_arguments_are_one_line_without_traceback() -> None:
+    for args in (["matrix", "--cpu-shards", "0"], ["matrix", "--cpu-shards", "two"], ["no-such-command"]):
+        run = _harness(*args)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1, run.stderr
 
 
 def test_cli_writes_github_outputs_for_every_group(tmp_path: Path) -> None:
     out = tmp_path / "github_output"
+    listed = tmp_path / "inventory.json"
+    listed.write_text(json.dumps([vars(e) for e in ENTRIES]))
     subprocess.run(
-        [sys.executable, "-m", "harness", "matrix", "--github-output", str(out)],
+        [sys.executable, "-m", "harness", "matrix", "--inventory", str(listed), "--github-output", str(out)],
         cwd=ROOT,
         check=True,
         capture_output=True,
     )
     lines = dict(line.split("=", 1) for line in out.read_text().splitlines())
-    expected = matrix.as_matrices(matrix.build())
+    expected = matrix.as_matrices(matrix.build(ENTRIES))
     for group, spec in expected.items():
         assert json.loads(lines[group]) == spec
         assert int(lines[f"{group}-jobs"]) == len(spec["include"])
@@ -142,6 +221,7 @@ def test_later_tier_option_narrows_the_makefile_tier_list(pytester: pytest.Pytes
     """GPU jobs pass `--tier <name>` after the Makefile's own list; pytest must keep the last."""
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     monkeypatch.delenv(devices.PHYSICAL_GPUS_ENV, raising=False)
+    pytester.makeini("[pytest]\nharness = true\n")
     pytester.makepyfile(test_one="def test_one(tier):\n    pass\n")
     result = pytester.runpytest("--tier", "no-such-tier", "--tier", "cpu", "--collect-only", "-q")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
@@ -221,7 +301,7 @@ def test_gpu_jobs_run_in_the_image_with_gpus_after_a_visibility_check(ci: dict[s
 def assert_runs_make_and_uploads_junit(job: dict[str, Any]) -> None:
     assert job["env"]["MAKE_TARGET"] == "${{ matrix.make }}"
     assert job["env"]["PYTEST_ARGS"] == "${{ matrix.pytest_args }}"
-    assert any(step.get("run", "").strip() == 'make "$MAKE_TARGET"' for step in job["steps"])
+    assert any(step.get("run", "").strip().startswith('make "$MAKE_TARGET"') for step in job["steps"])
     upload = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact@"))
     assert upload["with"]["path"] == f"{matrix.REPORTS_DIR}/"
     assert "always()" in upload["if"] or "cancelled()" in upload["if"]

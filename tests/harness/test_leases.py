@@ -75,10 +75,10 @@ def test_waiting_lease_gets_devices_when_released(fake_host):
 
 
 def test_worker_pinning_indexes_the_callers_visible_list(monkeypatch):
+    """The controller recorded the caller's list "3,5" (as on a host showing GPUs 3 and 5)."""
     monkeypatch.delenv(devices.FAKE_GPUS_ENV, raising=False)
-    monkeypatch.delenv(devices.PHYSICAL_GPUS_ENV, raising=False)
+    monkeypatch.setenv(devices.PHYSICAL_GPUS_ENV, "3,5")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    devices.record_visible_gpus()
     pinned = [devices.pin_worker(f"gw{i}") for i in range(3)]
     assert pinned == ["3", "5", "3"]
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+from harness.ranks import pool
 
 pytestmark = pytest.mark.tiers("cpu")
 
@@ -107,11 +111,11 @@ def _pytest(pytester: pytest.Pytester, *args: str, **popen) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
-def test_signalled_pytest_leaves_no_rank(pytester, tmp_path, sig):
+def test_signalled_pytest_leaves_no_rank(pytester, tmp_path, monkeypatch, sig):
     pids = tmp_path / "pids"
     pids.mkdir()
     pytester.makepyfile(test_hangs=HANGING.format(pids=str(pids)))
-    proc = _pytest(pytester, "--dist-timeout", "300")
+    proc = _pytest(pytester, "--dist-timeout", "300", env={**os.environ, "TMPDIR": str(tmp_path)})
     try:
         _wait_for(lambda: len(list(pids.iterdir())) == 2, 120, "both ranks to start the test")
         tree = descendants(proc.pid)
@@ -120,6 +124,10 @@ def test_signalled_pytest_leaves_no_rank(pytester, tmp_path, sig):
         proc.send_signal(sig)
         proc.wait(60)
         _wait_for(lambda: not any(alive(p) for p in tree), 15, f"{sorted(tree)} to exit after {sig.name}")
+        # A killed run cannot remove its rank logs; the next run that starts ranks does.
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        pool.remove_stale_logs()
+        assert not list(pool.logs_root().iterdir()), "a killed run's rank logs were kept"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -139,3 +147,37 @@ def test_crashed_xdist_worker_leaves_no_rank_and_the_run_goes_on(pytester, tmp_p
     _wait_for(
         lambda: not any(alive(p) for p in ranks), 15, f"ranks {sorted(ranks)} to exit with their worker"
     )
+
+
+def test_pytest_main_from_a_script_without_main_guard_runs_once_and_leaves_no_logs(pytester, request):
+    """multiprocessing would re-run an unguarded script in every rank; the ranks must not."""
+    # Short: multiprocessing puts its AF_UNIX sockets in TMPDIR, and those paths cap at 107 bytes.
+    scratch = Path(tempfile.mkdtemp(prefix="h-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
+    pytester.makepyfile(
+        test_ranked="""
+        import pytest
+        import torch.distributed as dist
+
+        @pytest.mark.world_size(2)
+        def test_barrier():
+            dist.barrier()
+        """
+    )
+    script = pytester.path / "run_tests.py"
+    script.write_text(
+        "import sys\nimport pytest\n\n"
+        "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--tier', 'cpu', 'test_ranked.py']))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=pytester.path,
+        env={**os.environ, "TMPDIR": str(scratch)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout + run.stderr
+    assert run.stdout.count("1 passed") == 1, "the session ran again inside the ranks"
+    logs = [p for p in scratch.glob("harness-ranks-*/*")]
+    assert not logs, f"rank log folders left behind: {logs}"

@@ -71,6 +71,25 @@ def test_knock_on_follows_cause():
 
 
 @pytest.mark.world_size(2)
+def test_every_rank_fails_on_its_own():
+    time.sleep(0.5 * (1 - dist.get_rank()))
+    raise ValueError(f"own failure of rank {{dist.get_rank()}}")
+
+
+@pytest.mark.world_size(2)
+def test_own_error_that_says_timed_out():
+    if dist.get_rank() == 1:
+        raise RuntimeError("the operation timed out on its own")
+    dist.barrier()
+
+
+@pytest.mark.timeout(1)
+@pytest.mark.world_size(2)
+def test_pytest_timeout_shows_rank_stacks():
+    time.sleep(600)
+
+
+@pytest.mark.world_size(2)
 def test_assert_is_explained():
     got = dist.get_rank() + 10
     assert got == 10
@@ -141,7 +160,7 @@ def test_faults_and_recovery(pytester, tmp_path):
     pytester.makepyfile(test_bodies=BODIES.format(pids=str(pids)))
     result = pytester.runpytest("--tier", "cpu", "--dist-timeout", DIST_TIMEOUT, "-p", "no:cacheprovider")
     out = result.stdout.str()
-    result.assert_outcomes(passed=8, failed=7, skipped=1)
+    result.assert_outcomes(passed=8, failed=10, skipped=1)
 
     raised = _section(out, "test_one_rank_raises")
     assert raised.startswith("rank 1 of 2 failed") and "ValueError: boom from rank one" in raised
@@ -149,6 +168,26 @@ def test_faults_and_recovery(pytester, tmp_path):
     knock = _section(out, "test_knock_on_follows_cause")
     assert knock.startswith("rank 1 of 2 failed") and "root cause in rank one" in knock
     assert knock.index("root cause in rank one") < knock.index("knock-on") < knock.index("rank 0 of 2")
+
+    both = _section(out, "test_every_rank_fails_on_its_own")
+    assert both.startswith("rank 1 of 2 failed") and "knock-on" not in both
+    assert (
+        both.index("own failure of rank 1")
+        < both.index("rank 0 of 2 failed")
+        < both.index("own failure of rank 0")
+    )
+
+    timed_out = _section(out, "test_own_error_that_says_timed_out")
+    assert timed_out.startswith("rank 1 of 2 failed")
+    assert (
+        timed_out.index("timed out on its own") < timed_out.index("knock-on") < timed_out.index("rank 0 of 2")
+    )
+
+    interrupted = _section(out, "test_pytest_timeout_shows_rank_stacks")
+    assert "Timeout" in interrupted and "Python stacks of the ranks still running" in interrupted
+    assert len(re.findall(r"line \d+ in test_pytest_timeout_shows_rank_stacks", interrupted)) == 2, (
+        interrupted
+    )
 
     explained = _section(out, "test_assert_is_explained")
     assert "assert 11 == 10" in explained

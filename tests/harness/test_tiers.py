@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from harness import devices
@@ -135,3 +139,122 @@ def test_bad_tiers_marker_is_a_usage_error(pytester, no_gpus):
     result = pytester.runpytest()
     assert result.ret != 0
     assert "test_x: @pytest.mark.tiers: unknown tier ['gpus']" in result.stdout.str()
+
+
+def test_an_unrelated_project_is_left_alone(tmp_path):
+    """Installed but not enabled: plain ids, no table, no step summary, no environment or torch changes."""
+    (tmp_path / "test_plain.py").write_text(
+        "import os, sys\n\n"
+        "def test_plain():\n"
+        "    assert 'torch' not in sys.modules\n"
+        "    assert 'OMP_NUM_THREADS' not in os.environ and 'HARNESS_PHYSICAL_GPUS' not in os.environ\n"
+        "    assert os.environ['CUDA_VISIBLE_DEVICES'] == '0,1'\n"
+    )
+    summary = tmp_path / "step-summary.md"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HARNESS_", "OMP_NUM_THREADS"))}
+    env.update(CUDA_VISIBLE_DEVICES="0,1", GITHUB_STEP_SUMMARY=str(summary))
+    pytest_cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
+    collected = subprocess.run(
+        [*pytest_cmd, "--collect-only", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert "test_plain.py::test_plain\n" in collected.stdout and "[" not in collected.stdout.split("\n")[0]
+    ran = subprocess.run(
+        [*pytest_cmd, "-n", "1", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "harness tiers" not in collected.stdout + ran.stdout
+    assert not summary.exists()
+
+
+def test_tier_fixture_without_the_harness_enabled_says_how_to_enable_it(pytester):
+    (pytester.path / "tox.ini").unlink()
+    pytester.makepyfile(test_x="def test_x(tier):\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*the harness is not enabled for this project: add `harness = true`*"])
+
+
+@pytest.mark.parametrize(
+    ("listed", "expected"),
+    [
+        ("0,1", ["0", "1"]),
+        ("-1", []),
+        ("", []),
+        ("1,-1,2", ["1"]),
+        ("2,2", []),
+        (" 3 ,1gpu", ["3", "1"]),
+        ("GPU-aa,GPU-bb,3", ["GPU-aa", "GPU-bb"]),
+        ("MIG-x", ["MIG-x"]),
+    ],
+)
+def test_cuda_visible_devices_is_read_as_cuda_reads_it(listed, expected):
+    assert devices.parse_cuda_visible_devices(listed) == expected
+
+
+@pytest.mark.parametrize("listed", ["-1", "0,1"])
+def test_gpu_count_is_what_cuda_reports_not_the_environment(listed):
+    """A CPU-only torch (this machine) has no GPU, whatever CUDA_VISIBLE_DEVICES lists."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARNESS_")}
+    env["CUDA_VISIBLE_DEVICES"] = listed
+    run = subprocess.run([sys.executable, "-m", "harness", "gpus"], env=env, capture_output=True, text=True)
+    assert run.stdout.strip() == "0", run.stdout + run.stderr
+
+
+def test_listed_but_absent_gpus_skip_the_gpu_tier(pytester, no_gpus, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    pytester.makepyfile(test_bodies=BODIES)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2, failed=1, skipped=3)
+    result.stdout.fnmatch_lines(["gpu*-*nccl*0*0*3*0*not run here*"])
+
+
+def test_tests_that_need_real_cuda_skip_under_fake_gpus(pytester, fake_gpus):
+    pytester.makepyfile(
+        test_cuda="""
+        def test_allocator(tier):
+            tier.cuda_peak_bytes(lambda: None)
+        """
+    )
+    result = pytester.runpytest("--tier", "gpu", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        ["*test_cuda.py:2: cuda_peak_bytes needs real CUDA; HARNESS_FAKE_GPUS runs tier 'gpu' on CPU*"]
+    )
+
+
+DETERMINISM = """
+import os
+import pytest
+import torch
+
+
+def observed():
+    return os.environ.get("CUBLAS_WORKSPACE_CONFIG"), torch.are_deterministic_algorithms_enabled()
+
+
+def test_a_body(tier):
+    expected = (":4096:8", True) if tier.name != "cpu" else (None, False)
+    assert observed() == expected
+    assert tier.tolerances(torch.float32) == (0.0, 0.0)
+
+
+@pytest.mark.world_size(2)
+def test_b_rank(tier):
+    expected = (":4096:8", True) if tier.name != "cpu" else (None, False)
+    assert observed() == expected
+
+
+def test_c_nothing_leaks_into_the_pytest_process_after():
+    assert observed() == (None, False)
+"""
+
+
+def test_gpu_tiers_run_deterministic_in_bodies_and_ranks_and_nothing_leaks(pytester, fake_gpus, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    pytester.makepyfile(test_determinism=DETERMINISM)
+    result = pytester.runpytest("--tier", "cpu,gpu,multigpu", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=5)
+    assert (
+        "test_determinism.py::test_b_rank[ws2-multigpu] PASSED"
+        in pytester.runpytest("--tier", "multigpu", "-v", "-p", "no:cacheprovider").stdout.str()
+    )
