@@ -20,7 +20,7 @@ from harness import measure, models
 from harness.models import moe
 from harness.modes import MODES
 
-pytestmark = pytest.mark.tiers("cpu")
+pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.usefixtures("fresh_dynamo")]
 ARGS = moe.MoEArgs(n_layers=2, dropout=0.1)
 COMPILED_MODES = ("none", "full", "layer-2", "op", "budget-0.5")
 GRAD_TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}  # compiled graphs may reorder float sums

@@ -69,7 +69,7 @@ def test_bad_config_values_are_named(kwargs, message):
         ACConfig(**kwargs)
 
 
-def test_compile_is_read_from_toml_and_compiles_each_wrapped_block():
+def test_compile_is_read_from_toml_and_compiles_each_wrapped_block(fresh_dynamo):
     config = ACConfig.from_dict({"mode": "full", "compile": True, "compile_backend": "aot_eager"})
     model = apply_ac(ToyModel(n_blocks=2), config)
     assert all(block._compiled_call_impl is not None for block in model.layers.values())

@@ -196,8 +196,8 @@ def _compiled_step(config: ACConfig | None, backend: str) -> tuple[torch.Tensor,
     return loss.detach(), model
 
 
-@pytest.fixture(scope="module")
-def compiled_reference() -> tuple[torch.Tensor, nn.Module]:
+@pytest.fixture
+def compiled_reference(fresh_dynamo) -> tuple[torch.Tensor, nn.Module]:
     return _compiled_step(None, "aot_eager_decomp_partition")
 
 
