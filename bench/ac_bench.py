@@ -17,10 +17,8 @@ import argparse
 import dataclasses
 import os
 import platform
-import statistics
 import time
 import timeit
-from collections.abc import Callable
 
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
@@ -72,26 +70,9 @@ def _build(name: str, mode: str, device: torch.device, compile_backend: str | No
     return built
 
 
-def _step_s(step: Callable[[], torch.Tensor], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    measure.scalar_loss(step()).backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
 def _table(name: str, modes: list[str], device: torch.device, steps: int, backend: str | None) -> None:
     built = {mode: _build(name, mode, device, backend) for mode in modes}
-    for b in built.values():  # warm-up: profiles, plans, compiled graphs, allocator
-        for _ in range(2):
-            _step_s(b.step, device)
-    times: dict[str, list[float]] = {mode: [] for mode in modes}
-    for _ in range(steps):  # interleaved, so load on a shared machine hits every mode alike
-        for mode, b in built.items():
-            times[mode].append(_step_s(b.step, device))
-    none = statistics.median(times["none"])
+    times = measure.step_times_ms({mode: b.step for mode, b in built.items()}, device, warmup=2, timed=steps)
     label = "eager" if backend is None else f"compiled ({backend})"
     print(f"\n{name}, {label}: median of {steps} interleaved steps\n")
     memory = "activation MiB (MemTracker)" if backend is None else "saved MiB (autograd)"
@@ -102,8 +83,8 @@ def _table(name: str, modes: list[str], device: torch.device, steps: int, backen
             held = measure.activation_bytes(b.model, b.step, b.inputs)
         else:  # compiled graphs refuse MemTracker's dispatch mode
             held = measure.saved_activation_bytes(b.step, [*b.model.parameters(), *b.inputs])
-        median = statistics.median(times[mode])
-        print(f"| {mode} | {1e3 * median:.2f} | {median / none:.2f} | {held / MIB:.2f} |", flush=True)
+        ratio = times[mode] / times["none"]
+        print(f"| {mode} | {times[mode]:.2f} | {ratio:.2f} | {held / MIB:.2f} |", flush=True)
 
 
 def _per_call_us(device: torch.device) -> tuple[float, float]:

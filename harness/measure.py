@@ -6,6 +6,8 @@ All work on any device; CUDA-only statistics live in `cuda_activation_bytes`.
 from __future__ import annotations
 
 import functools
+import statistics
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -220,3 +222,20 @@ def saved_activation_bytes(step: Step, held_anyway: Iterable[torch.Tensor]) -> i
         loss = scalar_loss(step())
     loss.backward()
     return sum(saved.values())
+
+
+def step_times_ms(steps: dict[str, Step], device: torch.device, warmup: int, timed: int) -> dict[str, float]:
+    """Median wall time of one forward+backward per step, the steps interleaved so a busy
+    machine slows all alike; `warmup` rounds (profiles, compiles, allocator) excluded."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(warmup + timed):
+        for name, step in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            scalar_loss(step()).backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_ >= warmup:
+                times[name].append(1e3 * (time.perf_counter() - start))
+    return {name: statistics.median(ts) for name, ts in times.items()}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -135,23 +134,6 @@ def _grads_equal(expected: nn.Module, actual: nn.Module) -> bool:
     return True
 
 
-def step_times_ms(steps: dict[str, measure.Step], device: torch.device) -> dict[str, float]:
-    """Median wall time of one forward+backward per step, the steps interleaved so a
-    busy machine slows all alike; warm-up steps (profiles, compiles, allocator) excluded."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for round_ in range(WARMUP_STEPS + TIMED_STEPS):
-        for name, step in steps.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            measure.scalar_loss(step()).backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if round_ >= WARMUP_STEPS:
-                times[name].append(1e3 * (time.perf_counter() - start))
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 @contextlib.contextmanager
 def comparable_grads(device: torch.device) -> Iterator[None]:
     """CUDA kernels with atomics (embedding and index_add backward) differ run to run:
@@ -201,7 +183,7 @@ def _model_rows(
         compiled_reference = compiled_reference or grads
         steps[label] = built.step
         progress(f"{name:<10} {label:<20} {time.perf_counter() - started:6.1f}s")
-    times = step_times_ms(steps, device)
+    times = measure.step_times_ms(steps, device, WARMUP_STEPS, TIMED_STEPS)
     progress(f"{name:<10} {'step times':<20} {time.perf_counter() - started:6.1f}s")
     return [_row(name, mode, figures[mode], figures["none"], times[mode]) for mode in figures]
 
