@@ -15,7 +15,8 @@ import pytest
 
 from harness.ranks import pool
 
-pytestmark = pytest.mark.tiers("cpu")
+# A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
+pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
 
 HANGING = """
 import os, time
@@ -117,12 +118,12 @@ def test_signalled_pytest_leaves_no_rank(pytester, tmp_path, monkeypatch, sig):
     pytester.makepyfile(test_hangs=HANGING.format(pids=str(pids)))
     proc = _pytest(pytester, "--dist-timeout", "300", env={**os.environ, "TMPDIR": str(tmp_path)})
     try:
-        _wait_for(lambda: len(list(pids.iterdir())) == 2, 120, "both ranks to start the test")
+        _wait_for(lambda: len(list(pids.iterdir())) == 2, 30, "both ranks to start the test")
         tree = descendants(proc.pid)
         ranks = _recorded(pids)
         assert ranks <= tree, "ranks should be descendants of the pytest process"
         proc.send_signal(sig)
-        proc.wait(60)
+        proc.wait(15)
         _wait_for(lambda: not any(alive(p) for p in tree), 15, f"{sorted(tree)} to exit after {sig.name}")
         # A killed run cannot remove its rank logs; the next run that starts ranks does.
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -138,8 +139,8 @@ def test_crashed_xdist_worker_leaves_no_rank_and_the_run_goes_on(pytester, tmp_p
     pids = tmp_path / "pids"
     pids.mkdir()
     pytester.makepyfile(test_crash=WORKER_CRASH.format(pids=str(pids)))
-    proc = _pytest(pytester, "-n", "1", "-p", "xdist", "--dist-timeout", "60")
-    output, _ = proc.communicate(timeout=240)
+    proc = _pytest(pytester, "-n", "1", "-p", "xdist", "--dist-timeout", "10")
+    output, _ = proc.communicate(timeout=45)
     text = output.decode(errors="replace")
     assert "1 failed, 2 passed" in text, text
     ranks = _recorded(pids)
@@ -175,7 +176,7 @@ def test_pytest_main_from_a_script_without_main_guard_runs_once_and_leaves_no_lo
         env={**os.environ, "TMPDIR": str(scratch)},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=45,
     )
     assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout + run.stderr
     assert run.stdout.count("1 passed") == 1, "the session ran again inside the ranks"
