@@ -30,7 +30,7 @@ PYTEST := $(RUN) -m pytest $(PLUGIN)
 XDIST  := -n $(WORKERS) --dist worksteal
 
 .DEFAULT_GOAL := help
-.PHONY: help setup provision test test-cpu test-gpu durations matrix lint report bench bench-xdist bench-ranks bench-budget bench-ac clean
+.PHONY: help setup provision test test-cpu test-gpu durations matrix lint report bench bench-xdist bench-ranks bench-budget bench-ac mutate clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -90,5 +90,9 @@ bench-ac: setup ## every AC mode eager and compiled: step time vs none, activati
 	$(RUN) bench/ac_bench.py --compiled
 	$(RUN) bench/random_ops_bench.py
 
+mutate: setup ## mutation testing (mutmut) of ac/ and the in-process harness: score per package, survivors
+	$(RUN) -m mutmut run
+	$(RUN) bench/mutation_score.py
+
 clean: ## remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info mutants

@@ -1,0 +1,112 @@
+"""`make mutate`: what mutmut mutates, how the score is counted, and when it runs in CI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from tests.ci.test_workflows import ROOT, load, makefile_targets
+
+pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
+
+# The parts of the harness that run in the pytest process (issue 13): each must be mutated.
+IN_PROCESS = ("tiers", "devices", "plugin", "summary", "measure", "matrix", "sweep", "report")
+IN_PROCESS_RANKS = ("results", "calls", "pool", "plugin")
+
+
+def _score_module():
+    spec = importlib.util.spec_from_file_location("mutation_score", ROOT / "bench" / "mutation_score.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+score = _score_module()
+
+
+def _config() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+
+
+def _mutated(path: str) -> bool:
+    config = _config()
+    inside = any(path.startswith(source) for source in config["source_paths"])
+    return inside and not any(Path(path).match(pattern) for pattern in config["do_not_mutate"])
+
+
+def test_ac_and_the_in_process_harness_are_mutated_and_rank_processes_are_not():
+    assert all(_mutated(f"ac/{p.relative_to(ROOT / 'ac')}") for p in (ROOT / "ac").rglob("*.py"))
+    assert all(_mutated(f"harness/{name}.py") for name in IN_PROCESS)
+    assert all(_mutated(f"harness/ranks/{name}.py") for name in IN_PROCESS_RANKS)
+    assert not _mutated("harness/ranks/worker.py")
+    for pattern in _config()["do_not_mutate"]:
+        assert list(ROOT.glob(pattern)), f"do_not_mutate names {pattern!r}, which matches no file"
+
+
+def _mutants(tmp_path: Path, verdicts: dict[str, int]) -> Path:
+    """A mutants/ folder as mutmut leaves it: one `.meta` per source file."""
+    by_file: dict[str, dict[str, int]] = {}
+    for name, code in verdicts.items():
+        by_file.setdefault(name.split(".x")[0].replace(".", "/") + ".py.meta", {})[name] = code
+    for path, codes in by_file.items():
+        meta = tmp_path / "mutants" / path
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps({"exit_code_by_key": codes}))
+    return tmp_path / "mutants"
+
+
+def _equivalent(tmp_path: Path, entries: dict[str, str]) -> Path:
+    path = tmp_path / "equivalent.toml"
+    path.write_text("".join(f'[[mutant]]\nname = "{n}"\nreason = "{r}"\n\n' for n, r in entries.items()))
+    return path
+
+
+KILLED, SURVIVED, NO_TESTS, TIMEOUT = 1, 0, 33, 36
+
+
+def test_score_is_detected_over_tested_with_equivalents_set_apart(tmp_path, capsys):
+    verdicts = {f"ac.config.x_f__mutmut_{i}": KILLED for i in range(17)}
+    verdicts |= {"ac.config.x_f__mutmut_17": TIMEOUT, "ac.config.x_f__mutmut_18": SURVIVED}
+    verdicts |= {"ac.config.x_f__mutmut_19": SURVIVED, "ac.config.x_g__mutmut_1": NO_TESTS}
+    verdicts |= {f"harness.tiers.x_h__mutmut_{i}": KILLED for i in range(4)}
+    verdicts |= {"harness.tiers.x_h__mutmut_4": SURVIVED}
+    equivalent = _equivalent(tmp_path, {"ac.config.x_f__mutmut_19": "same result"})
+    code = score.main(["--mutants", str(_mutants(tmp_path, verdicts)), "--equivalent", str(equivalent)])
+    out = capsys.readouterr().out
+    # ac: 18 of 19 tested (the equivalent one and the untested one left out) = 94.7%.
+    assert "| ac | 21 | 17 | 1 | 1 | 1 | 1 | 94.7% | 90% |" in out
+    assert "| harness | 5 | 4 | 0 | 1 | 0 | 0 | 80.0% | 80% |" in out
+    assert "- `ac.config.x_f__mutmut_18`" in out and "- `ac.config.x_g__mutmut_1`" in out
+    assert code == 0
+
+
+def test_a_package_under_its_target_fails_the_run(tmp_path, capsys):
+    verdicts = {"harness.tiers.x_h__mutmut_1": KILLED, "harness.tiers.x_h__mutmut_2": SURVIVED}
+    assert score.main(["--mutants", str(_mutants(tmp_path, verdicts)), "--equivalent", "none.toml"]) == 1
+    assert "| harness | 2 | 1 | 0 | 1 | 0 | 0 | 50.0% | 80% |" in capsys.readouterr().out
+
+
+def test_stale_equivalent_entries_fail_the_run(tmp_path, capsys):
+    verdicts = {"ac.config.x_f__mutmut_1": KILLED}
+    equivalent = _equivalent(tmp_path, {"ac.config.x_f__mutmut_1": "was", "ac.gone.x_f__mutmut_1": "gone"})
+    assert score.main(["--mutants", str(_mutants(tmp_path, verdicts)), "--equivalent", str(equivalent)]) == 1
+    out = capsys.readouterr().out
+    assert "- `ac.config.x_f__mutmut_1`" in out and "- `ac.gone.x_f__mutmut_1`" in out
+
+
+def test_checked_in_equivalents_each_give_a_reason():
+    entries = tomllib.loads((ROOT / "bench" / "equivalent_mutants.toml").read_text()).get("mutant", [])
+    assert all(entry["name"] and len(entry["reason"]) > 10 for entry in entries)
+
+
+def test_mutation_runs_weekly_and_on_demand_never_on_pull_requests():
+    workflow = load("mutate.yml")
+    assert set(workflow["on"]) == {"schedule", "workflow_dispatch"}
+    assert "mutate" in makefile_targets()
+    [job] = workflow["jobs"].values()
+    assert any(step.get("run", "").strip() == "make mutate" for step in job["steps"])
