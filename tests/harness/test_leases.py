@@ -149,7 +149,7 @@ def _intervals(log: Path) -> list[tuple[float, float, str, list[str]]]:
 def test_xdist_workers_pack_fake_gpus_without_overlap(fake_host):
     (fake_host / "test_packing.py").write_text(PACKING_TESTS)
     # A lease that never comes fails the inner test in seconds, not at the default 1800 s.
-    env = {**os.environ, "PYTHONPATH": str(Path.cwd()), devices.LEASE_TIMEOUT_ENV: "15"}
+    env = {**os.environ, devices.LEASE_TIMEOUT_ENV: "15"}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-n", "3", "--tier", "gpu,multigpu", "-p", "no:cacheprovider", "-q"],
         cwd=fake_host,
