@@ -10,6 +10,8 @@ TORCH_PIP_ARGS ?=
 WORKERS       ?= auto
 PYTEST_ARGS   ?=
 MATRIX_ARGS   ?=
+# mutmut name patterns for `make mutate` (e.g. 'ac.*' or 'harness.ranks.*'); empty: every mutant.
+MUTANTS       ?=
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
@@ -34,7 +36,7 @@ XDIST  := -n $(WORKERS) --dist worksteal
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: VENV=$(VENV) PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) TORCH_PIP_ARGS='$(TORCH_PIP_ARGS)' WORKERS=$(WORKERS) PYTEST_ARGS='$(PYTEST_ARGS)'"
+	@echo "  variables: VENV=$(VENV) PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) TORCH_PIP_ARGS='$(TORCH_PIP_ARGS)' WORKERS=$(WORKERS) PYTEST_ARGS='$(PYTEST_ARGS)' MUTANTS='$(MUTANTS)'"
 	@echo "  VENV= (empty): use PYTHON as it is, e.g. a GPU image's own torch: make test-gpu VENV= PYTHON=python3"
 
 setup: $(SETUP) ## create .venv with the pinned torch and the project (with VENV=: check PYTHON, install only what lacks)
@@ -90,9 +92,9 @@ bench-ac: setup ## every AC mode eager and compiled: step time vs none, activati
 	$(RUN) bench/ac_bench.py --compiled
 	$(RUN) bench/random_ops_bench.py
 
-mutate: setup ## mutation testing (mutmut) of ac/ and the in-process harness: score per package, survivors
-	$(RUN) -m mutmut run
-	$(RUN) bench/mutation_score.py
+mutate: setup ## mutation testing (mutmut) of ac/ and the in-process harness (MUTANTS= for a part): score, survivors
+	set -f; $(RUN) -m mutmut run $(MUTANTS)
+	set -f; $(RUN) bench/mutation_score.py --select $(MUTANTS)
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info mutants

@@ -7,14 +7,22 @@ sets aside the equivalent mutants listed in `bench/equivalent_mutants.toml`
 with covering tests), the survivors and the mutants no test covers. With
 `GITHUB_STEP_SUMMARY` set the same goes into the job summary. It exits 1 when
 a package is under its target, or when an equivalent-mutant entry is stale
-(its mutant is gone or now killed), so the list stays true to the code.
+(its mutant is gone or now killed), so the list stays true to the code, and
+when a selected mutant was never run (an interrupted run, or a module no CI
+shard names).
 
-    .venv/bin/python bench/mutation_score.py [--mutants mutants] [--equivalent bench/equivalent_mutants.toml]
+    .venv/bin/python bench/mutation_score.py [--mutants DIR ...] [--select PATTERN ...]
+        [--equivalent bench/equivalent_mutants.toml]
+
+Several `--mutants` folders (the CI shards' results) are merged: a mutant's
+verdict is the one a shard ran it to. `--select` takes mutmut's name patterns
+(`ac.*`, `harness.ranks.*`) and scores only those mutants.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import sys
@@ -28,6 +36,7 @@ from mutmut.stats import status_by_exit_code
 # The lowest score each package may have (issue 13): mutants killed over mutants with tests.
 TARGETS = {"ac": 90.0, "harness": 80.0}
 DETECTED = ("killed", "timeout", "segfault")  # the tests noticed the mutant, one way or another
+NOT_RUN = "not checked"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,11 +45,12 @@ class Package:
     statuses: Counter[str] = field(default_factory=Counter)
     survivors: list[str] = field(default_factory=list)
     untested: list[str] = field(default_factory=list)
+    not_run: list[str] = field(default_factory=list)
     equivalent: int = 0
 
     @property
     def tested(self) -> int:
-        return sum(self.statuses.values()) - self.statuses["no tests"]
+        return sum(self.statuses.values()) - self.statuses["no tests"] - self.statuses[NOT_RUN]
 
     @property
     def detected(self) -> int:
@@ -51,14 +61,26 @@ class Package:
         return 100.0 * self.detected / self.tested if self.tested else 100.0
 
 
-def verdicts(mutants: Path) -> dict[str, str]:
-    """Every mutant's status, by mutant name, from mutmut's per-file `.meta` records."""
-    found = {}
-    for meta in sorted(mutants.rglob("*.py.meta")):
-        for name, exit_code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            found[name] = status_by_exit_code[exit_code]
+def selected(name: str, patterns: list[str]) -> bool:
+    return not patterns or any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+
+
+def verdicts(folders: list[Path], select: list[str]) -> dict[str, str]:
+    """Every selected mutant's status, by name, from mutmut's per-file `.meta` records."""
+    found: dict[str, str] = {}
+    for folder in folders:
+        for meta in sorted(folder.rglob("*.py.meta")):
+            for name, exit_code in json.loads(meta.read_text())["exit_code_by_key"].items():
+                if not selected(name, select):
+                    continue
+                status = status_by_exit_code[exit_code]
+                if found.get(name, NOT_RUN) == NOT_RUN:
+                    found[name] = status
     if not found:
-        raise SystemExit(f"no mutmut results under {mutants}/: run `mutmut run` (make mutate) first")
+        where = ", ".join(f"{folder}/" for folder in folders)
+        raise SystemExit(
+            f"no mutmut results for {select or 'any mutant'} under {where}: run `make mutate` first"
+        )
     return found
 
 
@@ -83,24 +105,26 @@ def tally(found: dict[str, str], equivalent: dict[str, str]) -> dict[str, Packag
             package.survivors.append(name)
         elif status == "no tests":
             package.untested.append(name)
+        elif status == NOT_RUN:
+            package.not_run.append(name)
     return packages
 
 
 def report(packages: dict[str, Package], stale: list[str]) -> tuple[str, bool]:
     """The markdown report, and whether every package meets its target."""
     lines = [
-        "| package | mutants | killed | timeout | survived | equivalent | no tests | score | target |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| package | mutants | killed | timeout | survived | equivalent | no tests | not run | score | target |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     ok = not stale
     for name, package in sorted(packages.items()):
         target = TARGETS.get(name, 0.0)
-        ok &= package.score >= target
+        ok &= package.score >= target and not package.not_run
         total = sum(package.statuses.values()) + package.equivalent
         lines.append(
             f"| {name} | {total} | {package.statuses['killed']} | {package.statuses['timeout']} | "
             f"{package.statuses['survived']} | {package.equivalent} | {package.statuses['no tests']} | "
-            f"{package.score:.1f}% | {target:.0f}% |"
+            f"{len(package.not_run)} | {package.score:.1f}% | {target:.0f}% |"
         )
     for name, package in sorted(packages.items()):
         if package.survivors:
@@ -109,6 +133,14 @@ def report(packages: dict[str, Package], stale: list[str]) -> tuple[str, bool]:
         if package.untested:
             lines += ["", f"No test covers these mutants of `{name}` (left out of the score):", ""]
             lines += [f"- `{mutant}`" for mutant in package.untested]
+        if package.not_run:
+            modules = sorted({mutant.split(".x", 1)[0] for mutant in package.not_run})
+            lines += [
+                "",
+                f"Never run ({len(package.not_run)} mutants of `{name}`, the score is incomplete) in:",
+                "",
+            ]
+            lines += [f"- `{module}`" for module in modules]
     if stale:
         lines += ["", "Stale entries in the equivalent-mutant list (gone, or no longer surviving):", ""]
         lines += [f"- `{mutant}`" for mutant in stale]
@@ -117,12 +149,15 @@ def report(packages: dict[str, Package], stale: list[str]) -> tuple[str, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mutants", type=Path, default=ROOT / "mutants")
+    parser.add_argument(
+        "--mutants", type=Path, action="append", help="mutmut's folder (repeat to merge shards)"
+    )
+    parser.add_argument("--select", nargs="*", default=[], help="mutmut name patterns to score, e.g. 'ac.*'")
     parser.add_argument("--equivalent", type=Path, default=ROOT / "bench" / "equivalent_mutants.toml")
     args = parser.parse_args(argv)
-    found = verdicts(args.mutants)
+    found = verdicts(args.mutants or [ROOT / "mutants"], args.select)
     equivalent = load_equivalent(args.equivalent)
-    stale = sorted(name for name in equivalent if found.get(name) != "survived")
+    stale = sorted(n for n in equivalent if selected(n, args.select) and found.get(n) != "survived")
     text, ok = report(tally(found, equivalent), stale)
     print(text)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")

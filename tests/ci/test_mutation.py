@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import json
 import sys
@@ -79,8 +80,8 @@ def test_score_is_detected_over_tested_with_equivalents_set_apart(tmp_path, caps
     code = score.main(["--mutants", str(_mutants(tmp_path, verdicts)), "--equivalent", str(equivalent)])
     out = capsys.readouterr().out
     # ac: 18 of 19 tested (the equivalent one and the untested one left out) = 94.7%.
-    assert "| ac | 21 | 17 | 1 | 1 | 1 | 1 | 94.7% | 90% |" in out
-    assert "| harness | 5 | 4 | 0 | 1 | 0 | 0 | 80.0% | 80% |" in out
+    assert "| ac | 21 | 17 | 1 | 1 | 1 | 1 | 0 | 94.7% | 90% |" in out
+    assert "| harness | 5 | 4 | 0 | 1 | 0 | 0 | 0 | 80.0% | 80% |" in out
     assert "- `ac.config.x_f__mutmut_18`" in out and "- `ac.config.x_g__mutmut_1`" in out
     assert code == 0
 
@@ -88,7 +89,7 @@ def test_score_is_detected_over_tested_with_equivalents_set_apart(tmp_path, caps
 def test_a_package_under_its_target_fails_the_run(tmp_path, capsys):
     verdicts = {"harness.tiers.x_h__mutmut_1": KILLED, "harness.tiers.x_h__mutmut_2": SURVIVED}
     assert score.main(["--mutants", str(_mutants(tmp_path, verdicts)), "--equivalent", "none.toml"]) == 1
-    assert "| harness | 2 | 1 | 0 | 1 | 0 | 0 | 50.0% | 80% |" in capsys.readouterr().out
+    assert "| harness | 2 | 1 | 0 | 1 | 0 | 0 | 0 | 50.0% | 80% |" in capsys.readouterr().out
 
 
 def test_stale_equivalent_entries_fail_the_run(tmp_path, capsys):
@@ -104,9 +105,56 @@ def test_checked_in_equivalents_each_give_a_reason():
     assert all(entry["name"] and len(entry["reason"]) > 10 for entry in entries)
 
 
-def test_mutation_runs_weekly_and_on_demand_never_on_pull_requests():
+def test_shards_merge_and_a_mutant_no_shard_ran_fails_the_score(tmp_path, capsys):
+    first = _mutants(tmp_path / "a", {"ac.config.x_f__mutmut_1": KILLED, "harness.tiers.x_h__mutmut_1": None})
+    second = _mutants(
+        tmp_path / "b", {"ac.config.x_f__mutmut_1": None, "harness.tiers.x_h__mutmut_1": KILLED}
+    )
+    merged = ["--mutants", str(first), "--mutants", str(second), "--equivalent", "none.toml"]
+    assert score.main(merged) == 0
+    assert "| harness | 1 | 1 | 0 | 0 | 0 | 0 | 0 | 100.0% | 80% |" in capsys.readouterr().out
+    assert score.main(["--mutants", str(first), "--equivalent", "none.toml"]) == 1
+    assert "- `harness.tiers`" in capsys.readouterr().out
+
+
+def test_select_scores_only_the_named_mutants_and_their_equivalents(tmp_path, capsys):
+    verdicts = {"ac.config.x_f__mutmut_1": KILLED, "harness.tiers.x_h__mutmut_1": SURVIVED}
+    equivalent = _equivalent(tmp_path, {"harness.tiers.x_h__mutmut_2": "outside the selection"})
+    args = [
+        "--mutants",
+        str(_mutants(tmp_path, verdicts)),
+        "--equivalent",
+        str(equivalent),
+        "--select",
+        "ac.*",
+    ]
+    assert score.main(args) == 0
+    assert "| harness" not in capsys.readouterr().out
+
+
+def _shards() -> list[list[str]]:
+    [shard_job] = [job for job in load("mutate.yml")["jobs"].values() if "strategy" in job]
+    return [entry.split() for entry in shard_job["strategy"]["matrix"]["mutants"]]
+
+
+def test_mutation_runs_weekly_and_on_demand_in_shards_never_on_pull_requests():
     workflow = load("mutate.yml")
     assert set(workflow["on"]) == {"schedule", "workflow_dispatch"}
     assert "mutate" in makefile_targets()
-    [job] = workflow["jobs"].values()
-    assert any(step.get("run", "").strip() == "make mutate" for step in job["steps"])
+    shard_job = next(job for job in workflow["jobs"].values() if "strategy" in job)
+    [mutate] = [step for step in shard_job["steps"] if step.get("run", "").strip() == "make mutate"]
+    assert mutate["env"]["MUTANTS"] == "${{ matrix.mutants }}"  # make reads it from the environment
+    score_job = next(job for job in workflow["jobs"].values() if "needs" in job)
+    assert any("bench/mutation_score.py" in step.get("run", "") for step in score_job["steps"])
+
+
+def test_every_mutated_module_is_run_by_exactly_one_shard():
+    patterns = _shards()
+    for path in sorted(ROOT.glob("ac/**/*.py")) + sorted(ROOT.glob("harness/**/*.py")):
+        relative = str(path.relative_to(ROOT))
+        if not _mutated(relative) or "def " not in path.read_text():
+            continue
+        module = relative.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        mutant = module + ".x_f__mutmut_1"  # mutmut names a package's mutants after the package
+        owners = [shard for shard in patterns if any(fnmatch.fnmatch(mutant, p) for p in shard)]
+        assert len(owners) == 1, f"{relative} is run by {len(owners)} shards of mutate.yml: {owners}"
