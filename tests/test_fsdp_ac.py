@@ -13,11 +13,7 @@ import re
 import pytest
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
 from torch.utils.flop_counter import FlopCounterMode
 
 from ac import ACConfig, apply_ac
@@ -61,6 +57,11 @@ def _seeded_loss(model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor, 
 
 def _sharded(config: ACConfig, args: moe.MoEArgs, device: torch.device, seed: int = 0) -> nn.Module:
     """torchtitan's order: AC first, then fully_shard every block, then the root."""
+    # FSDP and DCP are imported where they run, in the ranks: importing them at collection
+    # costs every xdist worker seconds, and the workers never run these bodies themselves.
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
     model = apply_ac(moe.build(args, seed=seed, device=device), config)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for block in model.layers.values():
@@ -164,6 +165,9 @@ def test_recompute_per_rank_matches_single_device(tier, world_size, mode):
 @multi_rank
 @pytest.mark.parametrize(("saved_with", "loaded_with"), [("op", "none"), ("none", "full")])
 def test_sharded_checkpoint_loads_with_ac_on_or_off(tier, world_size, tmp_path, saved_with, loaded_with):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
     args, device = _args(world_size), tier.device
     tokens, targets = moe.batch(args, device=device)
     mine = _rank_slice(dist.get_rank())
