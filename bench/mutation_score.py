@@ -17,6 +17,13 @@ shard names).
 Several `--mutants` folders (the CI shards' results) are merged: a mutant's
 verdict is the one a shard ran it to. `--select` takes mutmut's name patterns
 (`ac.*`, `harness.ranks.*`) and scores only those mutants.
+
+A whole run takes many hours on a small machine. `--sample N` prints the names of
+N mutants per package, drawn at random (`--seed`) from those mutmut generated;
+running and scoring just those estimates the score in a fraction of the time:
+
+    names=$(.venv/bin/python bench/mutation_score.py --sample 100)
+    .venv/bin/mutmut run $names && .venv/bin/python bench/mutation_score.py --select $names
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import argparse
 import fnmatch
 import json
 import os
+import random
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -147,6 +155,15 @@ def report(packages: dict[str, Package], stale: list[str]) -> tuple[str, bool]:
     return "\n".join(lines) + "\n", ok
 
 
+def sample(found: dict[str, str], per_package: int, seed: int) -> list[str]:
+    """`per_package` mutant names of each package, the same ones for the same seed and mutants."""
+    rng, picked = random.Random(seed), []
+    for package in sorted({name.split(".", 1)[0] for name in found}):
+        names = sorted(name for name in found if name.split(".", 1)[0] == package)
+        picked += sorted(rng.sample(names, min(per_package, len(names))))
+    return picked
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -154,8 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--select", nargs="*", default=[], help="mutmut name patterns to score, e.g. 'ac.*'")
     parser.add_argument("--equivalent", type=Path, default=ROOT / "bench" / "equivalent_mutants.toml")
+    parser.add_argument(
+        "--sample", type=int, metavar="N", help="print N random mutant names per package, score nothing"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the --sample draw")
     args = parser.parse_args(argv)
+    if args.sample is not None and args.sample < 1:
+        parser.error(f"--sample must be a positive count of mutants per package, got {args.sample}")
     found = verdicts(args.mutants or [ROOT / "mutants"], args.select)
+    if args.sample:
+        print("\n".join(sample(found, args.sample, args.seed)))
+        return 0
     equivalent = load_equivalent(args.equivalent)
     stale = sorted(n for n in equivalent if selected(n, args.select) and found.get(n) != "survived")
     text, ok = report(tally(found, equivalent), stale)

@@ -132,6 +132,21 @@ def test_select_scores_only_the_named_mutants_and_their_equivalents(tmp_path, ca
     assert "| harness" not in capsys.readouterr().out
 
 
+def test_sample_draws_the_same_names_per_package_for_the_same_seed(tmp_path, capsys):
+    verdicts = {f"ac.config.x_f__mutmut_{i}": None for i in range(50)}
+    verdicts |= {f"harness.tiers.x_h__mutmut_{i}": None for i in range(3)}
+    mutants = str(_mutants(tmp_path, verdicts))
+    draws = []
+    for seed in (0, 0, 1):
+        assert score.main(["--mutants", mutants, "--sample", "10", "--seed", str(seed)]) == 0
+        draws.append(capsys.readouterr().out.split())
+    assert draws[0] == draws[1] != draws[2]
+    assert sum(name.startswith("ac.") for name in draws[0]) == 10 and len(set(draws[0])) == 13
+    with pytest.raises(SystemExit):
+        score.main(["--mutants", mutants, "--sample", "0"])
+    assert "--sample must be a positive count" in capsys.readouterr().err
+
+
 def _shards() -> list[list[str]]:
     [shard_job] = [job for job in load("mutate.yml")["jobs"].values() if "strategy" in job]
     return [entry.split() for entry in shard_job["strategy"]["matrix"]["mutants"]]
