@@ -113,7 +113,10 @@ def test_a_test_needing_more_gpus_than_a_runnable_tier_has_says_so(host, gpus, e
 def test_tiers_of_a_test_are_its_marker_else_every_tier_of_its_kind():
     assert tiers.tiers_for(_Item(), multi_rank=False) == ("cpu", "gpu")
     assert tiers.tiers_for(_Item(), multi_rank=True) == ("cpu", "multigpu")
-    assert tiers.tiers_for(_Item(pytest.mark.tiers("multigpu", "gpu")), multi_rank=True) == ("multigpu", "gpu")
+    assert tiers.tiers_for(_Item(pytest.mark.tiers("multigpu", "gpu")), multi_rank=True) == (
+        "multigpu",
+        "gpu",
+    )
     with pytest.raises(pytest.UsageError, match=r"test_x: @pytest.mark.tiers: unknown tier \['tpu'\]"):
         tiers.tiers_for(_Item(pytest.mark.tiers("cpu", "tpu")), multi_rank=False)
 
