@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, replace
 
 import pytest
+import torch
 
-from harness import inventory, matrix
+from harness import devices, inventory, matrix
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
@@ -163,3 +165,51 @@ def test_check_accepts_the_built_matrix_and_names_every_problem():
         f"job 'odd' asks for label 'gpu-1', which no runner in {matrix.RUNNER_SUPERVISOR.parent} serves",
         f"job 'odd' asks for label 'gpu-3', which no runner in {matrix.RUNNER_SUPERVISOR.parent} serves",
     ]
+
+
+def test_github_output_gets_each_group_as_one_json_line_with_its_job_count(tmp_path):
+    out = tmp_path / "github_output"
+    out.write_text("earlier=1\n")
+    jobs = matrix.build(_entries("gpu", 1), cpu_shards=1, image="img", served=SERVED)
+    matrix.write_github_output(matrix.as_matrices(jobs), str(out))
+    cpu, gpu = json.dumps({"include": [_cpu_job(1, 1)]}), json.dumps({"include": [_gpu_job("gpu", 1)]})
+    compact = [json.dumps(json.loads(text), separators=(",", ":")) for text in (cpu, gpu)]
+    assert out.read_text() == f"earlier=1\ncpu={compact[0]}\ncpu-jobs=1\ngpu={compact[1]}\ngpu-jobs=1\n"
+
+
+@pytest.fixture
+def shown(monkeypatch):
+    """The devices this machine lists: fake ones, or a recorded list of real-looking ones."""
+
+    def show(listed: str, fake: int = 0) -> None:
+        monkeypatch.setenv(devices.FAKE_GPUS_ENV, str(fake))
+        if fake:
+            monkeypatch.delenv(devices.PHYSICAL_GPUS_ENV, raising=False)
+        else:
+            monkeypatch.setenv(devices.PHYSICAL_GPUS_ENV, listed)
+
+    return show
+
+
+def test_a_gpu_job_checks_it_has_the_gpus_it_needs(shown):
+    shown("", fake=2)
+    assert matrix.check_gpus(2) == (True, "2 GPU(s) usable, 2 needed (visible: ['fake0', 'fake1'])")
+    assert matrix.check_gpus(3) == (
+        False,
+        "this job needs 3 GPU(s) but only 2 are usable (visible: ['fake0', 'fake1'])",
+    )
+    shown("")
+    assert matrix.check_gpus(1) == (False, "this job needs 1 GPU(s) but only 0 are usable (visible: none)")
+    assert matrix.check_gpus(0) == (True, "0 GPU(s) usable, 0 needed (visible: none)")
+
+
+@pytest.mark.skipif(
+    torch.cuda.device_count() > 0, reason="this host's GPUs are usable; the check is for a host without"
+)
+def test_gpus_listed_in_the_environment_but_not_usable_by_torch_do_not_count(shown):
+    """A runner container started without --gpus still lists its host's devices."""
+    shown("0,1")
+    assert matrix.check_gpus(1) == (
+        False,
+        "this job needs 1 GPU(s) but only 0 are usable (visible: ['0', '1']; torch sees 0: [])",
+    )
