@@ -54,8 +54,12 @@ def _marks(tmp_path, name):
     return marks
 
 
-def test_a_test_passing_on_rerun_is_flaky_and_multi_rank_reruns_get_fresh_ranks(pytester, tmp_path):
+def test_a_test_passing_on_rerun_is_flaky_and_multi_rank_reruns_get_fresh_ranks(
+    pytester, tmp_path, monkeypatch
+):
     marks = _marks(tmp_path, "marks")
+    step_summary = tmp_path / "step-summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
     pytester.makepyfile(test_flaky=FLAKY.format(marks=str(marks)), test_quarantined=QUARANTINED)
     pytester.path.joinpath("quarantine.toml").write_text(
         'ready_after = 1\n[[test]]\nid = "test_quarantined.py::test_known_flaky"\n'
@@ -81,6 +85,19 @@ def test_a_test_passing_on_rerun_is_flaky_and_multi_rank_reruns_get_fresh_ranks(
     }
     assert ("test_fails_once[cpu]", "flaky") in properties
     assert ("test_rank_fails_once[ws2-cpu]", "flaky") in properties
+    assert step_summary.read_text() == (
+        "| tier | device | backend | passed | flaky | skipped | failed | note |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        "| cpu | cpu | gloo | 0 | 2 | 1 | 0 |  |\n"
+        "| gpu | - | nccl | 0 | 0 | 0 | 0 | not selected (--tier) |\n"
+        "| multigpu | - | nccl | 0 | 0 | 0 | 0 | not selected (--tier) |\n"
+        "\n**FLAKY**: 2 test(s) failed, then passed on a rerun; they do NOT fail this run "
+        "(pass --fail-on-flaky to make them):\n"
+        "\n- `test_flaky.py::test_fails_once[cpu]`\n"
+        "\n- `test_flaky.py::test_rank_fails_once[ws2-cpu]`\n"
+        "\n**QUARANTINED**: test_quarantined.py::test_known_flaky[cpu] failed (not counted) "
+        "(entry 'test_quarantined.py::test_known_flaky')\n"
+    )
 
 
 def test_fail_on_flaky_makes_a_flaky_test_fail_the_run(pytester, tmp_path):
@@ -106,6 +123,8 @@ def test_a_failure_prints_a_repro_line_that_fails_the_same_way(pytester, tmp_pat
         """
     )
     junit = tmp_path / "junit.xml"
+    step_summary = tmp_path / "step-summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
     result = pytester.runpytest("--tier", "cpu", "--harness-seed", "7", f"--junitxml={junit}")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     out = result.stdout.str()
@@ -114,6 +133,10 @@ def test_a_failure_prints_a_repro_line_that_fails_the_same_way(pytester, tmp_pat
     drawn = re.search(r"drew (\S+) with", out).group(1)
     (case,) = ET.parse(junit).getroot().iter("testcase")
     assert {p.get("name"): p.get("value") for p in case.iter("property")}["repro"] == line
+    assert step_summary.read_text().endswith(
+        f"\n**REPRO test_always.py::test_always_fails[cpu]**:\n```\n{line}\n```\n"
+    )
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY")
     tokens = shlex.split(line.split("  #")[0])
     start = tokens.index("python")
     assert tokens[start : start + 3] == ["python", "-m", "pytest"], line

@@ -137,6 +137,11 @@ def test_an_inventory_lists_explicit_tiers_this_machine_cannot_run(pytester, no_
     listed = tmp_path / "inventory.json"
     result = pytester.runpytest("--collect-only", "-q", "--tier", "cpu,gpu", f"--harness-inventory={listed}")
     assert result.ret == pytest.ExitCode.OK
+    text = listed.read_text()  # one field a line, for readable CI artifacts and diffs
+    assert text.startswith(
+        '[\n {\n  "id": "test_bodies.py::test_plain[cpu]",\n  "tier": "cpu",\n  "gpus": 0\n },'
+    )
+    assert text.endswith("\n }\n]\n")
     assert [(e.tier, e.gpus) for e in inventory.read(listed)] == [
         ("cpu", 0),
         ("gpu", 1),
