@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.ranks.pool import PoolKey, RankPool, _without_watcher
+from harness.ranks.pool import PoolKey, PoolRegistry, RankPool, _without_watcher
 from harness.ranks.results import PASSED, RUNNING, RankReport
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
@@ -120,3 +120,83 @@ def test_a_long_log_keeps_its_end_and_says_how_much_was_cut(logs):
 def test_every_rank_stack_drops_the_owner_watch_thread():
     dump = 'Thread 1:\n  File "w.py", line 3 in _watch_owner\n\nThread 2 (most recent call first):\n  File "t.py"'
     assert _without_watcher(dump) == 'Thread 2 (most recent call first):\n  File "t.py"'
+
+
+class _Ranks:
+    """Stands in for a RankPool in the registry's bookkeeping: started, run, closed."""
+
+    def __init__(self, key: PoolKey, breaks: bool = False, raises: bool = False) -> None:
+        self.key, self.breaks, self.raises = key, breaks, raises
+        self.broken = self.closed = False
+        self.runs = 0
+
+    def alive(self) -> bool:
+        return not self.broken
+
+    def run(self, call, echo):
+        self.runs += 1
+        if self.raises:
+            raise KeyboardInterrupt
+        self.broken = self.breaks
+        return f"result {self.runs}"
+
+    def close(self) -> None:
+        self.closed = self.broken = True
+
+
+class _Registry(PoolRegistry):
+    def __init__(self, **pools_break: bool) -> None:
+        super().__init__(timeout_s=5, max_pools=2)
+        self.started: list[_Ranks] = []
+        self.pools_break = pools_break
+
+    def _new(self, key: PoolKey) -> _Ranks:
+        self.started.append(_Ranks(key, **self.pools_break))
+        return self.started[-1]
+
+
+def _key(size: int) -> PoolKey:
+    return PoolKey(size, "cpu", "gloo")
+
+
+def test_a_pool_is_reused_per_key_and_the_least_recently_used_closes_beyond_the_limit():
+    registry = _Registry()
+    one, two = registry.get(_key(1)), registry.get(_key(2))
+    assert registry.get(_key(1)) is one  # now the most recently used
+    three = registry.get(_key(3))
+    assert (one.closed, two.closed, three.closed) == (False, True, False)
+    assert list(registry.pools) == [_key(1), _key(3)]
+    registry.close_all()
+    assert one.closed and three.closed and not registry.pools
+
+
+def test_a_dead_pool_is_closed_and_replaced_on_the_next_get():
+    registry = _Registry()
+    first = registry.get(_key(2))
+    first.broken = True
+    second = registry.get(_key(2))
+    assert second is not first and first.closed and registry.pools[_key(2)] is second
+
+
+def test_isolated_runs_get_fresh_ranks_closed_after_and_leave_the_pool_alone():
+    registry = _Registry()
+    pooled = registry.get(_key(2))
+    assert registry.run(_key(2), call=None, isolated=True) == "result 1"
+    (fresh,) = registry.started[1:]
+    assert fresh.closed and not pooled.closed and pooled.runs == 0
+    assert registry.pools[_key(2)] is pooled
+
+
+def test_a_pool_a_run_broke_is_closed_and_forgotten():
+    registry = _Registry(breaks=True)
+    registry.run(_key(2), call=None)
+    assert registry.started[0].closed and not registry.pools
+    registry.run(_key(2), call=None)
+    assert len(registry.started) == 2
+
+
+def test_an_interrupted_run_closes_its_pool():
+    registry = _Registry(raises=True)
+    with pytest.raises(KeyboardInterrupt):
+        registry.run(_key(2), call=None)
+    assert registry.started[0].closed and not registry.pools
