@@ -98,3 +98,23 @@ def test_a_worker_without_torch_yet_leaves_its_share_for_torch_to_read(monkeypat
     monkeypatch.delenv("OMP_NUM_THREADS")
     plugin._share_cpu_threads(2)
     assert os.environ["OMP_NUM_THREADS"] == "1"
+
+
+def test_the_harness_acts_only_when_the_ini_or_the_command_line_asks(pytester, eight_fake_gpus, tmp_path):
+    (pytester.path / "tox.ini").unlink()
+    pytester.makepyfile(test_x="import pytest\n\n@pytest.mark.tiers('cpu')\ndef test_x():\n    pass\n")
+    assert _selected(pytester, "-p", "no:cacheprovider") == ["test_x"]
+    assert _selected(pytester, "--tier", "cpu") == ["test_x[cpu]"]
+    listed = tmp_path / "inventory.json"
+    assert _selected(pytester, f"--harness-inventory={listed}") == ["test_x[cpu]"]
+    assert listed.exists()
+
+
+def test_an_unreadable_quarantine_list_stops_the_run_naming_it(pytester, eight_fake_gpus):
+    pytester.makeini("[pytest]\nharness = true\nharness_quarantine = lists/quarantine.toml\n")
+    pytester.makepyfile(test_x="def test_x(tier):\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines[0].startswith(
+        f"ERROR: quarantine list {pytester.path / 'lists' / 'quarantine.toml'}: [Errno 2] No such file"
+    )
