@@ -146,3 +146,38 @@ def test_a_failure_prints_a_repro_line_that_fails_the_same_way(pytester, tmp_pat
     rerun = pytester.runpytest(*tokens[start + 3 :])
     assert rerun.ret == pytest.ExitCode.TESTS_FAILED
     assert f"drew {drawn} with" in rerun.stdout.str(), "the repro line did not reproduce the same failure"
+
+
+def test_a_quarantine_entry_is_ready_to_remove_after_its_tests_pass_ready_after_runs_in_a_row(
+    pytester, monkeypatch
+):
+    """Every test of the entry must pass for a run to count; one failure starts the count again."""
+    pytester.makepyfile(
+        test_q="""
+        import os
+        import pytest
+
+        @pytest.mark.parametrize("p", [1, 2])
+        def test_q(tier, p):
+            assert p == 1 or os.environ.get("SELFTEST_FAIL") != "1"
+        """
+    )
+    pytester.path.joinpath("quarantine.toml").write_text(
+        'ready_after = 2\n[[test]]\nid = "test_q.py::test_q"\nreason = "flaky"\nlink = "https://example.org/2"\n'
+    )
+    pytester.makeini("[pytest]\nharness = true\nharness_quarantine = quarantine.toml\n")
+    ready = "QUARANTINE: 'test_q.py::test_q' passed 2 runs in a row: ready to remove"
+
+    def run(fail: bool) -> str:
+        monkeypatch.setenv("SELFTEST_FAIL", "1" if fail else "0")
+        return pytester.runpytest("--tier", "cpu").stdout.str()
+
+    assert ready not in run(fail=False)
+    second = run(fail=False)
+    assert ready in second
+    assert "QUARANTINED: test_q.py::test_q[cpu-1] passed (entry 'test_q.py::test_q')" in second
+    failed = run(fail=True)
+    assert ready not in failed
+    assert "QUARANTINED: test_q.py::test_q[cpu-2] failed (not counted) (entry 'test_q.py::test_q')" in failed
+    assert ready not in run(fail=False)
+    assert ready in run(fail=False)
