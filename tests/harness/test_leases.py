@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -101,6 +102,33 @@ def test_without_a_home_device_leases_take_the_first_free(fake_host, monkeypatch
     monkeypatch.setenv(devices.HOME_GPU_ENV, "fake9")  # not on this host: no preference
     with devices.lease(1, "a") as a, devices.lease(2, "b") as b:
         assert (a, b) == (["fake0"], ["fake1", "fake2"])
+
+
+def test_every_lease_is_logged_when_acquired_and_released(fake_host):
+    with devices.lease(2, "first"), devices.lease(1, "second"):
+        pass
+    log = [json.loads(line) for line in (fake_host / "leases.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["devices"], e["holder"]) for e in log] == [
+        ("acquire", ["fake0", "fake1"], "first"),
+        ("acquire", ["fake2"], "second"),
+        ("release", ["fake2"], "second"),
+        ("release", ["fake0", "fake1"], "first"),
+    ]
+    assert [e["t"] for e in log] == sorted(e["t"] for e in log)
+
+
+def test_the_lease_timeout_comes_from_the_environment_and_the_error_names_the_wait(fake_host, monkeypatch):
+    monkeypatch.setenv(devices.LEASE_TIMEOUT_ENV, "0.2")
+    gpus = [f"fake{i}" for i in range(8)]
+    with devices.lease(8, "all"), pytest.raises(devices.LeaseTimeout) as error:
+        devices.lease(1, "late").__enter__()
+    assert str(error.value) == f"late waited 0s for 1 free GPU(s) of {gpus} in {fake_host / 'locks'}"
+
+
+def test_locks_default_to_a_per_user_folder_in_the_temp_dir(monkeypatch):
+    monkeypatch.delenv(devices.LEASE_DIR_ENV, raising=False)
+    expected = Path(tempfile.gettempdir()) / f"harness-gpu-leases-{os.getuid()}"
+    assert devices._lease_dir() == expected and expected.is_dir()
 
 
 def test_worker_pinning_indexes_the_callers_visible_list(monkeypatch):
