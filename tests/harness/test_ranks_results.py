@@ -118,6 +118,13 @@ def test_the_whole_report_reads_cause_then_knock_on_then_hung_then_finished():
     )
 
 
+def test_a_lone_failure_is_the_whole_message_and_one_without_a_time_counts_as_latest():
+    alone = RankReport(0, FAILED, "ValueError: x\n", duration_s=0.004)
+    assert verdict([alone], 1).message == "rank 0 of 1 failed (0.00s):\nValueError: x"
+    timed = RankReport(1, FAILED, "ValueError: y", failed_at=9.0)
+    assert verdict([alone, timed], 2).lead is timed
+
+
 def test_a_hung_rank_outranks_knock_on_failures_when_no_rank_failed_on_its_own():
     knock_on = RankReport(0, FAILED, "DistBackendError: x", collective=True, failed_at=1.0)
     result = verdict([knock_on, RankReport(1, RUNNING, stack="s")], 2)
