@@ -85,3 +85,16 @@ def test_the_matrix_warns_only_above_a_tenth_missing(tmp_path):
         f"2 of 10 CPU-tier tests (20%) have no duration in {path}; shards will be uneven. "
         "Refresh it with `make durations` (first missing: t.py::t0[cpu])"
     )
+
+
+def test_a_run_with_record_durations_writes_every_executed_test(pytester):
+    pytester.makeini("[pytest]\nharness = true\n")
+    pytester.makepyfile(
+        test_timed="import time\n\ndef test_plain():\n    pass\n\ndef test_tiered(tier):\n    time.sleep(0.05)\n"
+    )
+    out = pytester.path / "records" / "durations.json"
+    result = pytester.runpytest("--tier", "cpu", "--record-durations", str(out), "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    recorded = durations.load(out)
+    assert sorted(recorded) == ["test_timed.py::test_plain", "test_timed.py::test_tiered[cpu]"]
+    assert recorded["test_timed.py::test_tiered[cpu]"] >= 0.05
