@@ -4,13 +4,14 @@ filters, the exception kept for xfail(raises=), tracebacks in the run's style.""
 from __future__ import annotations
 
 import pickle
+import sys
 import threading
 import warnings
 from dataclasses import replace
 
 import pytest
 
-from harness.ranks.calls import Call, _pickled, execute
+from harness.ranks.calls import Call, _pickled, execute, resolve
 from harness.ranks.results import FAILED, PASSED, RankWarning
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
@@ -142,3 +143,47 @@ def test_auto_style_is_long_in_the_test_file_and_short_elsewhere():
     assert text.startswith('def fails_in_json():\n>       json.loads("{")\n')
     assert "decoder.py:" in text and "in raw_decode\n    obj, end = self.scan_once(s, idx)" in text
     assert "def raw_decode" not in text  # a short entry: the line only
+
+
+RANK_MODULE = """
+class TestGroup:
+    def test_method(self, scale):
+        assert self.base * scale == 7
+
+
+def test_function(scale):
+    return scale
+"""
+
+
+@pytest.fixture
+def rank_module(tmp_path, monkeypatch):
+    """A test module as a rank finds it: by name and path, not yet imported."""
+    path = tmp_path / "rank_bodies_selftest.py"
+    path.write_text(RANK_MODULE)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "rank_bodies_selftest", raising=False)
+    yield path
+    sys.modules.pop("rank_bodies_selftest", None)
+
+
+def test_a_rank_resolves_functions_and_methods_with_the_instance_pytest_set_up(rank_module):
+    function_call = replace(
+        CALL,
+        module="rank_bodies_selftest",
+        path=str(rank_module),
+        name="test_function",
+        funcargs=pickle.dumps({"scale": 3}),
+        sys_path=(str(rank_module.parent),),
+    )
+    test, kwargs = resolve(function_call)
+    assert (test(**kwargs), kwargs) == (3, {"scale": 3})
+    assert sys.path[0] == str(rank_module.parent)
+    method_call = replace(
+        function_call, cls="TestGroup", name="test_method", instance_state=pickle.dumps({"base": 2})
+    )
+    method, kwargs = resolve(method_call)
+    assert method.__self__.base == 2
+    assert resolve(method_call)[0].__func__ is method.__func__  # the module is loaded once
+    report = execute(method_call, method, kwargs, rank=0)
+    assert report.outcome == FAILED and "assert (2 * 3) == 7" in report.text  # rewritten asserts explain
