@@ -5,6 +5,7 @@ In-process and without pytester, so each rule is stated once with its exact valu
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -184,3 +185,27 @@ def test_determinism_is_put_back_after_a_gpu_tier_body(monkeypatch):
     with tiers.determinism("cpu"):
         assert not torch.are_deterministic_algorithms_enabled()
         assert "TORCHINDUCTOR_DETERMINISTIC" not in os.environ
+
+
+def test_determinism_is_strict_inside_and_the_callers_mode_and_inductors_flag_come_back(monkeypatch):
+    """Inside, errors (not warnings) on nondeterministic ops, and inductor, when loaded, agrees."""
+    import types
+
+    import torch
+
+    inductor_config = types.SimpleNamespace(deterministic=False)
+    monkeypatch.setitem(sys.modules, "torch._inductor.config", inductor_config)
+    torch._C._set_deterministic_algorithms(True, warn_only=True)  # without importing inductor
+    try:
+        with tiers.determinism("multigpu"):
+            assert torch.are_deterministic_algorithms_enabled()
+            assert not torch.is_deterministic_algorithms_warn_only_enabled()
+            assert inductor_config.deterministic is True
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert inductor_config.deterministic is True  # the caller's mode, True
+    finally:
+        tiers.set_deterministic(False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    assert inductor_config.deterministic is False
