@@ -308,3 +308,26 @@ def test_gpu_tiers_run_deterministic_in_bodies_and_ranks_and_nothing_leaks(pytes
         "test_determinism.py::test_b_rank[ws2-multigpu] PASSED"
         in pytester.runpytest("--tier", "multigpu", "-v", "-p", "no:cacheprovider").stdout.str()
     )
+
+
+def test_the_table_counts_a_test_by_its_worst_phase(pytester, no_gpus):
+    pytester.makepyfile(
+        test_phases="""
+        import pytest
+
+        @pytest.fixture
+        def breaks_after():
+            yield
+            raise RuntimeError("teardown failed")
+
+        def test_passes_then_errors(tier, breaks_after):
+            pass
+
+        def test_skips(tier):
+            pytest.skip("not today")
+        """
+    )
+    result = pytester.runpytest("--tier", "cpu", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, skipped=1, errors=1)
+    (row,) = [line.split() for line in result.outlines if line.startswith("cpu ")]
+    assert row == ["cpu", "cpu", "gloo", "0", "0", "1", "1"]  # passed flaky skipped failed
