@@ -144,7 +144,7 @@ def test_a_crash_is_never_knock_on():
 def test_an_unknown_signal_is_named_by_number_and_the_log_tail_follows():
     report = exit_report(2, -99, "a\nb\n  \n", 1.0)
     assert report.text == "killed by signal 99 (exit code -99)\nlast output:\na\nb"
-    assert (report.outcome, report.failed_at, report.group_alive) == (CRASHED, 1.0, False)
+    assert (report.rank, report.outcome, report.failed_at, report.group_alive) == (2, CRASHED, 1.0, False)
     assert exit_report(0, None, "  \n", 1.0).text == "exited with code 0 before reporting a result"
 
 
