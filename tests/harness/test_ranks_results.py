@@ -125,6 +125,14 @@ def test_a_lone_failure_is_the_whole_message_and_one_without_a_time_counts_as_la
     assert verdict([alone, timed], 2).lead is timed
 
 
+def test_own_failures_all_lead_earliest_first_one_paragraph_each():
+    later = RankReport(0, FAILED, "ValueError: a", failed_at=2.0)
+    first = RankReport(1, FAILED, "ValueError: b", failed_at=1.0)
+    assert verdict([later, first], 2).message == (
+        "rank 1 of 2 failed (0.00s):\nValueError: b\n\nrank 0 of 2 failed (0.00s):\nValueError: a"
+    )
+
+
 def test_a_hung_rank_outranks_knock_on_failures_when_no_rank_failed_on_its_own():
     knock_on = RankReport(0, FAILED, "DistBackendError: x", collective=True, failed_at=1.0)
     result = verdict([knock_on, RankReport(1, RUNNING, stack="s")], 2)
