@@ -17,6 +17,7 @@ from harness.ranks.results import (
     SKIPPED,
     XFAILED,
     RankReport,
+    Verdict,
     exit_report,
     verdict,
 )
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(10)]
 
 
 def test_all_passed_passes():
-    assert verdict([RankReport(0, PASSED), RankReport(1, PASSED)], 2).outcome == PASSED
+    assert verdict([RankReport(0, PASSED), RankReport(1, PASSED)], 2) == Verdict(PASSED, "", None)
 
 
 def test_own_error_leads_even_when_a_knock_on_failed_first():
