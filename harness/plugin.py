@@ -244,11 +244,10 @@ class TierHooks:
             if (selected is not None and name not in selected) or not self._in_gpu_range(item, name):
                 dropped.append(item)
                 continue
-            reason = None
-            if not inventory:
-                reason = (
-                    tiers.unsupported_reason(name) if selected is None else None
-                ) or tiers.unrunnable_reason(item, name)
+            # An explicitly selected tier is runnable here (checked at start-up).
+            reason = (
+                None if inventory else tiers.unsupported_reason(name) or tiers.unrunnable_reason(item, name)
+            )
             if reason is not None:
                 item.add_marker(pytest.mark.skip(reason=f"not run here: {reason}"))
             kept.append(item)

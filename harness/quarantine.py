@@ -52,7 +52,7 @@ def load(path: Path) -> Quarantine:
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise ValueError(f"quarantine list {path}: {error}") from None
     ready_after = data.get("ready_after", DEFAULT_READY_AFTER)
-    if not isinstance(ready_after, int) or ready_after < 1:
+    if isinstance(ready_after, bool) or not isinstance(ready_after, int) or ready_after < 1:
         raise ValueError(f"quarantine list {path}: ready_after={ready_after!r} must be a positive integer")
     entries = []
     for index, raw in enumerate(data.get("test", [])):

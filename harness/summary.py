@@ -84,7 +84,8 @@ class TierSummary:
         return rows
 
     def _fail_on_flaky(self) -> bool:
-        return bool(self.config.getoption("fail_on_flaky", False))
+        """pytest-rerunfailures (a dependency) owns the option; only its reruns make a test flaky."""
+        return self.config.getoption("fail_on_flaky")
 
     def notes(self) -> list[str]:
         """Lines under the table: flaky tests, the quarantine, failures' repro lines."""

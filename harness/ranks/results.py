@@ -100,7 +100,7 @@ def split_failures(reports: list[RankReport]) -> tuple[list[RankReport], list[Ra
     running (a hung rank is what times its peers' collectives out).
     """
     failures = sorted((r for r in reports if r.outcome in _FAILURES), key=_when)
-    own = [r for r in failures if not (r.outcome == FAILED and r.collective)]
+    own = [r for r in failures if not r.collective]  # only a failed body sets `collective`
     if not own and failures and not any(r.outcome == RUNNING for r in reports):
         own = failures[:1]
     return own, [r for r in failures if r not in own]

@@ -78,7 +78,7 @@ ENTRIES = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def jobs() -> list[matrix.Job]:
     return matrix.build(ENTRIES, image="registry.example/ci:cuda")
 

@@ -54,8 +54,12 @@ def _marks(tmp_path, name):
     return marks
 
 
-def test_a_test_passing_on_rerun_is_flaky_and_multi_rank_reruns_get_fresh_ranks(pytester, tmp_path):
+def test_a_test_passing_on_rerun_is_flaky_and_multi_rank_reruns_get_fresh_ranks(
+    pytester, tmp_path, monkeypatch
+):
     marks = _marks(tmp_path, "marks")
+    step_summary = tmp_path / "step-summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
     pytester.makepyfile(test_flaky=FLAKY.format(marks=str(marks)), test_quarantined=QUARANTINED)
     pytester.path.joinpath("quarantine.toml").write_text(
         'ready_after = 1\n[[test]]\nid = "test_quarantined.py::test_known_flaky"\n'
@@ -81,6 +85,19 @@ def test_a_test_passing_on_rerun_is_flaky_and_multi_rank_reruns_get_fresh_ranks(
     }
     assert ("test_fails_once[cpu]", "flaky") in properties
     assert ("test_rank_fails_once[ws2-cpu]", "flaky") in properties
+    assert step_summary.read_text() == (
+        "| tier | device | backend | passed | flaky | skipped | failed | note |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        "| cpu | cpu | gloo | 0 | 2 | 1 | 0 |  |\n"
+        "| gpu | - | nccl | 0 | 0 | 0 | 0 | not selected (--tier) |\n"
+        "| multigpu | - | nccl | 0 | 0 | 0 | 0 | not selected (--tier) |\n"
+        "\n**FLAKY**: 2 test(s) failed, then passed on a rerun; they do NOT fail this run "
+        "(pass --fail-on-flaky to make them):\n"
+        "\n- `test_flaky.py::test_fails_once[cpu]`\n"
+        "\n- `test_flaky.py::test_rank_fails_once[ws2-cpu]`\n"
+        "\n**QUARANTINED**: test_quarantined.py::test_known_flaky[cpu] failed (not counted) "
+        "(entry 'test_quarantined.py::test_known_flaky')\n"
+    )
 
 
 def test_fail_on_flaky_makes_a_flaky_test_fail_the_run(pytester, tmp_path):
@@ -106,6 +123,8 @@ def test_a_failure_prints_a_repro_line_that_fails_the_same_way(pytester, tmp_pat
         """
     )
     junit = tmp_path / "junit.xml"
+    step_summary = tmp_path / "step-summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
     result = pytester.runpytest("--tier", "cpu", "--harness-seed", "7", f"--junitxml={junit}")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     out = result.stdout.str()
@@ -114,6 +133,10 @@ def test_a_failure_prints_a_repro_line_that_fails_the_same_way(pytester, tmp_pat
     drawn = re.search(r"drew (\S+) with", out).group(1)
     (case,) = ET.parse(junit).getroot().iter("testcase")
     assert {p.get("name"): p.get("value") for p in case.iter("property")}["repro"] == line
+    assert step_summary.read_text().endswith(
+        f"\n**REPRO test_always.py::test_always_fails[cpu]**:\n```\n{line}\n```\n"
+    )
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY")
     tokens = shlex.split(line.split("  #")[0])
     start = tokens.index("python")
     assert tokens[start : start + 3] == ["python", "-m", "pytest"], line
@@ -123,3 +146,38 @@ def test_a_failure_prints_a_repro_line_that_fails_the_same_way(pytester, tmp_pat
     rerun = pytester.runpytest(*tokens[start + 3 :])
     assert rerun.ret == pytest.ExitCode.TESTS_FAILED
     assert f"drew {drawn} with" in rerun.stdout.str(), "the repro line did not reproduce the same failure"
+
+
+def test_a_quarantine_entry_is_ready_to_remove_after_its_tests_pass_ready_after_runs_in_a_row(
+    pytester, monkeypatch
+):
+    """Every test of the entry must pass for a run to count; one failure starts the count again."""
+    pytester.makepyfile(
+        test_q="""
+        import os
+        import pytest
+
+        @pytest.mark.parametrize("p", [1, 2])
+        def test_q(tier, p):
+            assert p == 1 or os.environ.get("SELFTEST_FAIL") != "1"
+        """
+    )
+    pytester.path.joinpath("quarantine.toml").write_text(
+        'ready_after = 2\n[[test]]\nid = "test_q.py::test_q"\nreason = "flaky"\nlink = "https://example.org/2"\n'
+    )
+    pytester.makeini("[pytest]\nharness = true\nharness_quarantine = quarantine.toml\n")
+    ready = "QUARANTINE: 'test_q.py::test_q' passed 2 runs in a row: ready to remove"
+
+    def run(fail: bool) -> str:
+        monkeypatch.setenv("SELFTEST_FAIL", "1" if fail else "0")
+        return pytester.runpytest("--tier", "cpu").stdout.str()
+
+    assert ready not in run(fail=False)
+    second = run(fail=False)
+    assert ready in second
+    assert "QUARANTINED: test_q.py::test_q[cpu-1] passed (entry 'test_q.py::test_q')" in second
+    failed = run(fail=True)
+    assert ready not in failed
+    assert "QUARANTINED: test_q.py::test_q[cpu-2] failed (not counted) (entry 'test_q.py::test_q')" in failed
+    assert ready not in run(fail=False)
+    assert ready in run(fail=False)

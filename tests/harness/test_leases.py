@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -75,6 +76,61 @@ def test_waiting_lease_gets_devices_when_released(fake_host):
     assert len(got[0]) == 2
 
 
+def test_one_gpu_lease_waits_for_the_workers_home_device(fake_host, monkeypatch):
+    """A pinned worker's one-GPU test runs on its home device: while that is busy it waits,
+    though seven others are free, and times out naming what it waited for."""
+    monkeypatch.setenv(devices.HOME_GPU_ENV, "fake5")
+    with devices.lease(1, "mine") as mine:
+        assert mine == ["fake5"]
+    with (
+        devices.lease(1, "other", timeout=0) as other,
+        pytest.raises(devices.LeaseTimeout, match=r"waiter waited 0s for 1 free GPU"),
+    ):
+        assert other == ["fake5"]
+        devices.lease(1, "waiter", timeout=0.1).__enter__()
+
+
+def test_multi_gpu_lease_starts_at_the_home_device_and_takes_the_next_free(fake_host, monkeypatch):
+    monkeypatch.setenv(devices.HOME_GPU_ENV, "fake5")
+    with devices.lease(3, "first") as first:
+        assert first == ["fake0", "fake1", "fake5"]  # home first, then in order; handed back sorted
+        with devices.lease(2, "second", timeout=1) as second:
+            assert second == ["fake2", "fake3"]  # home busy: a multi-GPU lease does not wait for it
+
+
+def test_without_a_home_device_leases_take_the_first_free(fake_host, monkeypatch):
+    monkeypatch.setenv(devices.HOME_GPU_ENV, "fake9")  # not on this host: no preference
+    with devices.lease(1, "a") as a, devices.lease(2, "b") as b:
+        assert (a, b) == (["fake0"], ["fake1", "fake2"])
+
+
+def test_every_lease_is_logged_when_acquired_and_released(fake_host):
+    with devices.lease(2, "first"), devices.lease(1, "second"):
+        pass
+    log = [json.loads(line) for line in (fake_host / "leases.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["devices"], e["holder"]) for e in log] == [
+        ("acquire", ["fake0", "fake1"], "first"),
+        ("acquire", ["fake2"], "second"),
+        ("release", ["fake2"], "second"),
+        ("release", ["fake0", "fake1"], "first"),
+    ]
+    assert [e["t"] for e in log] == sorted(e["t"] for e in log)
+
+
+def test_the_lease_timeout_comes_from_the_environment_and_the_error_names_the_wait(fake_host, monkeypatch):
+    monkeypatch.setenv(devices.LEASE_TIMEOUT_ENV, "0.2")
+    gpus = [f"fake{i}" for i in range(8)]
+    with devices.lease(8, "all"), pytest.raises(devices.LeaseTimeout) as error:
+        devices.lease(1, "late").__enter__()
+    assert str(error.value) == f"late waited 0s for 1 free GPU(s) of {gpus} in {fake_host / 'locks'}"
+
+
+def test_locks_default_to_a_per_user_folder_in_the_temp_dir(monkeypatch):
+    monkeypatch.delenv(devices.LEASE_DIR_ENV, raising=False)
+    expected = Path(tempfile.gettempdir()) / f"harness-gpu-leases-{os.getuid()}"
+    assert devices._lease_dir() == expected and expected.is_dir()
+
+
 def test_worker_pinning_indexes_the_callers_visible_list(monkeypatch):
     """The controller recorded the caller's list "3,5" (as on a host showing GPUs 3 and 5)."""
     monkeypatch.delenv(devices.FAKE_GPUS_ENV, raising=False)
@@ -84,6 +140,17 @@ def test_worker_pinning_indexes_the_callers_visible_list(monkeypatch):
     assert pinned == ["3", "5", "3"]
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
     assert devices.visible_gpus() == ["3", "5"]
+
+
+def test_only_xdist_workers_on_a_host_with_gpus_get_a_home_device(monkeypatch):
+    monkeypatch.delenv(devices.FAKE_GPUS_ENV, raising=False)
+    monkeypatch.delenv(devices.HOME_GPU_ENV, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    monkeypatch.setenv(devices.PHYSICAL_GPUS_ENV, "3,5")
+    assert devices.pin_worker("master") is None
+    monkeypatch.setenv(devices.PHYSICAL_GPUS_ENV, "")
+    assert devices.pin_worker("gw0") is None
+    assert devices.HOME_GPU_ENV not in os.environ and os.environ["CUDA_VISIBLE_DEVICES"] == "3,5"
 
 
 def test_bad_fake_gpu_count_is_named(monkeypatch):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from harness import devices
+from harness import devices, inventory
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
@@ -101,6 +101,55 @@ def test_explicit_multigpu_tier_with_one_gpu_fails(pytester, fake_gpus, monkeypa
     result = pytester.runpytest("--tier", "multigpu")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*tier 'multigpu' needs at least 2 GPU(s); this machine has only 1 GPU(s)*"])
+
+
+@pytest.mark.parametrize("listed", ["cpu,gpu", "gpu,cpu"])
+def test_explicit_list_mixing_a_runnable_and_an_unrunnable_tier_fails_naming_only_the_unrunnable(
+    pytester, no_gpus, listed
+):
+    pytester.makepyfile(test_bodies=BODIES)
+    result = pytester.runpytest("--tier", listed)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines[0] == (
+        "ERROR: requested tier cannot run on this machine: tier 'gpu' needs at least 1 GPU(s); "
+        "this machine has no CUDA device. Refusing to report green."
+    )
+
+
+def test_explicit_list_names_every_unrunnable_tier(pytester, fake_gpus, monkeypatch):
+    monkeypatch.setenv(devices.FAKE_GPUS_ENV, "0")
+    pytester.makepyfile(test_bodies=BODIES)
+    result = pytester.runpytest("--tier", "multigpu,cpu,gpu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines[0] == (
+        "ERROR: requested tier cannot run on this machine: "
+        "tier 'multigpu' needs at least 2 GPU(s); this machine has no CUDA device; "
+        "tier 'gpu' needs at least 1 GPU(s); this machine has no CUDA device. Refusing to report green."
+    )
+    monkeypatch.setenv(devices.FAKE_GPUS_ENV, "1")
+    both = pytester.runpytest("--tier", "cpu,gpu")
+    both.assert_outcomes(passed=4, failed=2, deselected=0)
+
+
+def test_an_inventory_lists_explicit_tiers_this_machine_cannot_run(pytester, no_gpus, tmp_path):
+    """CI sizes GPU jobs on a CPU runner: the inventory checks no tier against the machine."""
+    pytester.makepyfile(test_bodies=BODIES)
+    listed = tmp_path / "inventory.json"
+    result = pytester.runpytest("--collect-only", "-q", "--tier", "cpu,gpu", f"--harness-inventory={listed}")
+    assert result.ret == pytest.ExitCode.OK
+    text = listed.read_text()  # one field a line, for readable CI artifacts and diffs
+    assert text.startswith(
+        '[\n {\n  "id": "test_bodies.py::test_plain[cpu]",\n  "tier": "cpu",\n  "gpus": 0\n },'
+    )
+    assert text.endswith("\n }\n]\n")
+    assert [(e.tier, e.gpus) for e in inventory.read(listed)] == [
+        ("cpu", 0),
+        ("gpu", 1),
+        ("cpu", 0),
+        ("gpu", 1),
+        ("cpu", 0),
+        ("gpu", 1),
+    ]
 
 
 def test_unknown_tier_name_is_rejected(pytester, no_gpus):
@@ -259,3 +308,26 @@ def test_gpu_tiers_run_deterministic_in_bodies_and_ranks_and_nothing_leaks(pytes
         "test_determinism.py::test_b_rank[ws2-multigpu] PASSED"
         in pytester.runpytest("--tier", "multigpu", "-v", "-p", "no:cacheprovider").stdout.str()
     )
+
+
+def test_the_table_counts_a_test_by_its_worst_phase(pytester, no_gpus):
+    pytester.makepyfile(
+        test_phases="""
+        import pytest
+
+        @pytest.fixture
+        def breaks_after():
+            yield
+            raise RuntimeError("teardown failed")
+
+        def test_passes_then_errors(tier, breaks_after):
+            pass
+
+        def test_skips(tier):
+            pytest.skip("not today")
+        """
+    )
+    result = pytester.runpytest("--tier", "cpu", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, skipped=1, errors=1)
+    (row,) = [line.split() for line in result.outlines if line.startswith("cpu ")]
+    assert row == ["cpu", "cpu", "gloo", "0", "0", "1", "1"]  # passed flaky skipped failed

@@ -1,0 +1,120 @@
+"""The plugin's command-line options: --gpu-range (how CI sizes GPU jobs) and the worker thread share."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+from harness import devices, plugin
+
+# A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
+pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
+
+SIZED = """
+import pytest
+
+@pytest.mark.world_size([2, 3, 4, 8])
+def test_ranks():
+    pass
+
+def test_one(tier):
+    pass
+"""
+
+
+@pytest.fixture
+def eight_fake_gpus(monkeypatch, tmp_path):
+    monkeypatch.setenv(devices.FAKE_GPUS_ENV, "8")
+    monkeypatch.setenv(devices.LEASE_DIR_ENV, str(tmp_path / "leases"))
+    monkeypatch.delenv(devices.PHYSICAL_GPUS_ENV, raising=False)
+    monkeypatch.delenv(devices.HOME_GPU_ENV, raising=False)
+
+
+def _selected(pytester: pytest.Pytester, *args: str) -> list[str]:
+    result = pytester.runpytest("--collect-only", "-q", "-p", "no:cacheprovider", *args)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    return [line.split("::")[1] for line in result.outlines if "::" in line]
+
+
+def test_gpu_range_selects_the_gpu_tier_tests_a_runner_class_holds(pytester, eight_fake_gpus):
+    pytester.makepyfile(test_sized=SIZED)
+    assert _selected(pytester, "--tier", "multigpu", "--gpu-range", "3-4") == [
+        "test_ranks[ws3-multigpu]",
+        "test_ranks[ws4-multigpu]",
+    ]
+    assert _selected(pytester, "--tier", "multigpu", "--gpu-range", " 8-8 ") == ["test_ranks[ws8-multigpu]"]
+    assert _selected(pytester, "--tier", "gpu,multigpu", "--gpu-range", "1-2") == [
+        "test_ranks[ws2-multigpu]",
+        "test_one[gpu]",
+    ]
+    # The cpu tier needs no GPU and is never narrowed by a range.
+    assert _selected(pytester, "--tier", "cpu", "--gpu-range", "3-3") == [
+        "test_ranks[ws2-cpu]",
+        "test_ranks[ws3-cpu]",
+        "test_ranks[ws4-cpu]",
+        "test_ranks[ws8-cpu]",
+        "test_one[cpu]",
+    ]
+
+
+@pytest.mark.parametrize("text", ["4-3", "3", "a-b", "-1-2"])
+def test_a_bad_gpu_range_is_named(text):
+    with pytest.raises(pytest.UsageError) as error:
+        plugin._parse_gpu_range(text)
+    assert str(error.value) == f"--gpu-range {text!r}: expected LO-HI with 0 <= LO <= HI, e.g. 3-4"
+
+
+def test_gpu_range_bounds_are_inclusive_and_may_be_equal():
+    assert plugin._parse_gpu_range("0-0") == (0, 0)
+    assert plugin._parse_gpu_range("2-16") == (2, 16)
+    assert plugin._parse_gpu_range(None) is None
+
+
+def test_xdist_workers_share_the_cores_torch_threads_included(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    before = torch.get_num_threads()
+    try:
+        plugin._share_cpu_threads(3)
+        assert torch.get_num_threads() == 2
+        plugin._share_cpu_threads(16)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_worker_without_torch_yet_leaves_its_share_for_torch_to_read(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    plugin._share_cpu_threads(4)
+    assert os.environ["OMP_NUM_THREADS"] == "2"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stands
+    plugin._share_cpu_threads(4)
+    assert os.environ["OMP_NUM_THREADS"] == "3"
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    plugin._share_cpu_threads(2)
+    assert os.environ["OMP_NUM_THREADS"] == "1"
+
+
+def test_the_harness_acts_only_when_the_ini_or_the_command_line_asks(pytester, eight_fake_gpus, tmp_path):
+    (pytester.path / "tox.ini").unlink()
+    pytester.makepyfile(test_x="import pytest\n\n@pytest.mark.tiers('cpu')\ndef test_x():\n    pass\n")
+    assert _selected(pytester, "-p", "no:cacheprovider") == ["test_x"]
+    assert _selected(pytester, "--tier", "cpu") == ["test_x[cpu]"]
+    listed = tmp_path / "inventory.json"
+    assert _selected(pytester, f"--harness-inventory={listed}") == ["test_x[cpu]"]
+    assert listed.exists()
+
+
+def test_an_unreadable_quarantine_list_stops_the_run_naming_it(pytester, eight_fake_gpus):
+    pytester.makeini("[pytest]\nharness = true\nharness_quarantine = lists/quarantine.toml\n")
+    pytester.makepyfile(test_x="def test_x(tier):\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines[0].startswith(
+        f"ERROR: quarantine list {pytester.path / 'lists' / 'quarantine.toml'}: [Errno 2] No such file"
+    )

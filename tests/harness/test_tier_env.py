@@ -1,0 +1,70 @@
+"""What the `tier` fixture hands a body: its device, its tolerances, and CUDA-only measures refused off CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness import devices, tiers
+from harness.env import TierEnv
+
+# A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
+pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+def no_fake_gpus(monkeypatch):
+    monkeypatch.delenv(devices.FAKE_GPUS_ENV, raising=False)
+
+
+def test_float32_and_float64_compare_bitwise_on_cpu_and_in_deterministic_tiers():
+    for env in (TierEnv("cpu", "cpu", "gloo"), TierEnv("gpu", "cuda", "nccl", ("0",), deterministic=True)):
+        assert env.tolerances() == env.tolerances(torch.float64) == (0.0, 0.0)
+        assert env.tolerances(torch.bfloat16) == (1.6e-2, 1e-5)
+
+
+def test_cuda_without_determinism_compares_with_assert_closes_defaults():
+    env = TierEnv("gpu", "cuda", "nccl", ("0",))
+    assert [env.tolerances(d) for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)] == [
+        (1.3e-6, 1e-5),
+        (1e-7, 1e-7),
+        (1e-3, 1e-5),
+        (1.6e-2, 1e-5),
+    ]
+    assert env.tolerances(torch.float8_e4m3fn) == (1.6e-2, 1e-5)  # unlisted: the loosest
+
+
+def test_a_rank_takes_the_leased_device_at_its_local_rank(monkeypatch, no_fake_gpus):
+    monkeypatch.setenv(devices.PHYSICAL_GPUS_ENV, "2,5,7")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,7")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    env = TierEnv("multigpu", "cuda", "nccl", ("5", "7"))
+    assert env.device == torch.device("cuda", 2) and env.is_cuda
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # not pinned: indexes the recorded list
+    monkeypatch.delenv("LOCAL_RANK")
+    assert env.device == torch.device("cuda", 1)
+    assert TierEnv("cpu", "cpu", "gloo").device == torch.device("cpu")
+
+
+def test_a_pinned_worker_sees_only_its_home_device(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    assert devices.cuda_index("5") == 0
+    with pytest.raises(ValueError):
+        devices.cuda_index("7")
+
+
+@pytest.mark.parametrize("measure", ["cuda_peak_bytes", "cuda_activation_bytes"])
+def test_cuda_measures_skip_under_fake_gpus_and_fail_on_the_cpu_tier(monkeypatch, measure):
+    monkeypatch.setenv(devices.FAKE_GPUS_ENV, "1")
+    fake = tiers.tier_env("gpu", ("fake0",))
+    assert (fake.device_type, fake.backend, fake.deterministic) == ("cpu", "gloo", True)
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        getattr(fake, measure)(lambda: None)
+    assert skipped.value.msg == f"{measure} needs real CUDA; HARNESS_FAKE_GPUS runs tier 'gpu' on CPU"
+    with pytest.raises(RuntimeError, match="needs a CUDA tier; this is tier 'cpu' on cpu"):
+        getattr(TierEnv("cpu", "cpu", "gloo"), measure)(lambda: None)  # fake GPUs or not
+    monkeypatch.setenv(devices.FAKE_GPUS_ENV, "0")
+    for env in (TierEnv("cpu", "cpu", "gloo"), TierEnv("gpu", "cpu", "gloo", ("fake0",))):
+        with pytest.raises(RuntimeError) as error:
+            getattr(env, measure)(lambda: None)
+        assert str(error.value) == f"{measure} needs a CUDA tier; this is tier {env.name!r} on cpu"
