@@ -340,6 +340,26 @@ def test_blocks_sharing_a_budget_fit_exactly_their_bytes_together():
     assert [plan.bytes for plan in solve(profile, 0.535, copies=2)] == [29, 29]
 
 
+# A second per flop, nothing else: plan times are exact integers, so ties are ties.
+PER_FLOP = costs.DeviceCosts(flops_per_s=1.0, op_s=0.0, sac_dispatch_s=0.0, region_s=0.0)
+
+
+@pytest.mark.tiers("cpu")
+def test_blocks_sharing_a_budget_never_exceed_it_together_by_one_byte():
+    """Two blocks of 10 bytes each: 10 + 10 fits, the faster 10 + 11 does not."""
+    profile = _profile((100, 10), (1, 1), no_ac_bytes=11)
+    assert [plan.bytes for plan in solve(profile, 10 / 11, copies=2, costs=PER_FLOP)] == [10, 10]
+    assert [plan.bytes for plan in solve(profile, 1.0, copies=2, costs=PER_FLOP)] == [11, 11]
+
+
+@pytest.mark.tiers("cpu")
+def test_exhaustive_breaks_a_tie_in_time_with_fewer_bytes():
+    """Saving the 8-byte matmul or the 5- and 1-byte ones saves 60 flops alike: 6 bytes win."""
+    profile = _profile((60, 8), (50, 5), (10, 1), no_ac_bytes=20)
+    plan = exhaustive(profile, 8 / 20, PER_FLOP)
+    assert (plan.saved, plan.bytes, plan.seconds) == ({(MM, 1), (MM, 2)}, 6, 60.0)
+
+
 @pytest.mark.tiers("cpu")
 def test_no_ac_fits_a_budget_of_exactly_its_bytes():
     """A block with a matmul whose output is freed at once (0 bytes): only no AC avoids recomputing it."""
