@@ -127,6 +127,21 @@ def test_user_pattern_matching_nothing_warns_with_its_name():
         apply_ac(build(MoEArgs()), config)
 
 
+def test_patterns_matching_only_some_linears_warn_naming_the_unmatched_ones():
+    """Matched patterns still force their Linears' matmuls; each unmatched one is named, in the given order."""
+    patterns = ["no.such", "router.gate", "moe.gate", "attention.wq"]
+    config = ACConfig(selective_ac_option="op", per_op_sac_force_recompute_mm_shapes_by_fqns=patterns)
+    mode = modes.OpSAC(config)
+    with pytest.warns(UserWarning) as record:
+        mode.prepare(build(MoEArgs()).layers, "layers")
+    assert [str(w.message) for w in record] == [
+        "per_op_sac_force_recompute_mm_shapes_by_fqns patterns ['no.such', 'moe.gate'] match no "
+        "nn.Linear in model.layers; they have no effect"
+    ]
+    args = MoEArgs()
+    assert mode.forced_shapes == {(args.dim, args.n_experts), (args.dim, args.dim)}
+
+
 def test_default_pattern_is_silent_on_dense_models():
     dense = nn.Module()
     dense.layers = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
