@@ -43,7 +43,7 @@ class WatchedCheckpoint:
         self.warning = RandomOpWarning(name)
         self.checkpoint_fn = checkpoint_fn or functools.partial(checkpoint, use_reentrant=False)
 
-    def __call__(self, block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, block: nn.Module, /, *args: Any, **kwargs: Any) -> Any:
         with self.warning.first_forward():
             return self.checkpoint_fn(block, *args, **kwargs)
 

@@ -13,6 +13,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 from torch.utils.checkpoint import CheckpointPolicy, SelectiveCheckpointContext
 
 from ac import ACConfig, apply_ac
+from ac.budget import checkpoint as checkpoint_module
 from ac.budget import costs, solver
 from ac.budget.checkpoint import BudgetCheckpoint, make_budget_policy, run_plan
 from ac.budget.profile import BlockProfile, HeldStorage, OpCost, profile_block
@@ -367,7 +368,9 @@ def test_no_ac_fits_a_budget_of_exactly_its_bytes():
     no_ac = Plan(NONE, bytes=70, recompute_flops=0, seconds=0.0)
     assert exhaustive(profile, 1.0) == no_ac
     assert list(solve(profile, 1.0)) == [no_ac]
-    assert exhaustive(profile, 69 / 70).kind == SAC
+    below = exhaustive(profile, 69 / 70)
+    # The matmul whose output is freed cannot be served from a saved copy: it stays recomputed.
+    assert (below.kind, below.recompute_flops) == (SAC, 10**3)
 
 
 @pytest.mark.tiers("cpu")
@@ -402,3 +405,74 @@ def test_budget_policy_decides_alike_when_older_torch_asks_during_recompute():
     want = [RECOMPUTE, SAVE, SAVE, RECOMPUTE, RECOMPUTE]
     assert [policy(SelectiveCheckpointContext(is_recompute=False), func) for func in calls] == want
     assert [policy(SelectiveCheckpointContext(is_recompute=True), func) for func in calls] == want
+
+
+class _Affine(nn.Module):
+    """Scales or shifts, by keyword: the same tensors run different ops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, scale=None, shift=None, options=None) -> torch.Tensor:
+        h = self.proj(x)
+        return h * scale if scale is not None else h + shift
+
+
+@pytest.mark.tiers("cpu")
+def test_the_same_tensors_under_another_keyword_are_profiled_apart():
+    checkpoint_fn, block = BudgetCheckpoint(0.5), _Affine()
+    x, t = torch.randn(4, 8, requires_grad=True), torch.randn(8)
+    checkpoint_fn(block, x, scale=t).sum().backward()
+    checkpoint_fn(block, x, shift=t).sum().backward()
+    assert checkpoint_fn.profiles.misses == 2
+
+
+@pytest.mark.tiers("cpu")
+def test_an_unhashable_argument_still_finds_its_plan_again():
+    """A block may take a plain (unhashable) options object: the call key reads its repr."""
+    checkpoint_fn, block = BudgetCheckpoint(0.5), _Affine()
+    for _ in range(2):
+        options = {"fused"}  # a set: no hash, and no container the key walks
+        checkpoint_fn(
+            block, torch.randn(4, 8, requires_grad=True), scale=2.0, options=options
+        ).sum().backward()
+    assert len(checkpoint_fn._by_call) == 1
+
+
+@pytest.mark.tiers("cpu")
+def test_blocks_of_one_structure_share_a_budget_and_others_do_not(monkeypatch):
+    """Identical blocks are solved once, as copies of one block; a block of another structure alone."""
+    solved = []
+
+    def counting(profile, budget, copies, *args, **kwargs):
+        solved.append(copies)
+        return solve(profile, budget, copies, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "solve", counting)
+    blocks = [toy.ToyBlock(), toy.ToyBlock(), _Affine()]
+    checkpoint_fn = BudgetCheckpoint(0.5, blocks, device_costs=EAGER_LIKE)
+    for block in blocks[:2]:
+        checkpoint_fn(block, torch.randn(8, toy.DIM, requires_grad=True)).sum().backward()
+    checkpoint_fn(blocks[2], torch.randn(4, 8, requires_grad=True), scale=2.0).sum().backward()
+    assert solved == [2, 1]
+
+
+class _Named(nn.Module):
+    """Takes keywords named as the checkpoint functions' own parameters."""
+
+    def forward(self, x: torch.Tensor, block=None, plan=None, options=None) -> torch.Tensor:
+        return x * 2
+
+
+@pytest.mark.tiers("cpu")
+@pytest.mark.parametrize(
+    "config", [ACConfig(mode="memory_budget"), ACConfig(mode="full", preserve_rng_state=False)]
+)
+def test_block_keywords_named_like_the_wrappers_parameters_reach_the_block(config):
+    model = nn.Module()
+    model.layers = nn.ModuleList([_Named()])
+    apply_ac(model, config)
+    x = torch.ones(2, requires_grad=True)
+    model.layers[0](x, block=1, plan=2, options=3).sum().backward()
+    assert torch.equal(x.grad, torch.full((2,), 2.0))
