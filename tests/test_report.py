@@ -170,8 +170,8 @@ def _rows(cuda: bool) -> list[sweep.Row]:
     extra = {"cuda_activation_bytes": 3 * MIB, "cuda_peak_bytes": 5 * MIB} if cuda else {}
     none_extra = {"cuda_activation_bytes": 4 * MIB, "cuda_peak_bytes": 6 * MIB} if cuda else {}
     return [
-        sweep.Row("m", "none", 2_000_000, 4_000_000, 0.0, 4 * MIB, 6 * MIB, True, 10.0, **none_extra),
-        sweep.Row("m", "full", 2_000_000, 6_000_000, 33.333, MIB, 3 * MIB, True, 12.5, **extra),
+        sweep.Row("m", "none", 1_050_000, 1_050_000, 0.0, 4 * MIB, 6 * MIB, True, 10.0, **none_extra),
+        sweep.Row("m", "full", 1_050_000, 9_050_000, 33.333, MIB, 3 * MIB, True, 12.5, **extra),
         sweep.Row("m", "op compiled", None, None, None, 2 * MIB, None, False, 8.0, True, **extra),
     ]
 
@@ -183,8 +183,8 @@ def test_table_renders_every_figure_of_a_cpu_run():
         "| mode | fwd MFLOP | bwd MFLOP | recompute % | act MiB | act % of none | peak MiB | grads equal |"
         " step ms | step % of none |\n"
         "|---|---|---|---|---|---|---|---|---|---|\n"
-        "| none * | 2.0 | 4.0 | 0.0 | 4.000 | 100 | 6.000 | yes | 10.00 | 100 |\n"
-        "| full * | 2.0 | 6.0 | 33.3 | 1.000 | 25 | 3.000 | yes | 12.50 | 125 |\n"
+        "| none * | 1.1 | 1.1 | 0.0 | 4.000 | 100 | 6.000 | yes | 10.00 | 100 |\n"
+        "| full * | 1.1 | 9.1 | 33.3 | 1.000 | 25 | 3.000 | yes | 12.50 | 125 |\n"
         "| op compiled † | n/a | n/a | n/a | 2.000 | 50 | n/a | no | 8.00 | 80 |\n"
         "\n"
         "`*`: on the Pareto front of activation memory vs recompute flops; `†`: dominated in time "
@@ -199,7 +199,7 @@ def test_table_adds_the_allocators_figures_on_cuda():
     assert lines[2].endswith(" step ms | step % of none | CUDA act MiB | CUDA peak MiB |")
     assert lines[3] == "|" + "---|" * 12
     assert lines[4:7] == [
-        "| none *† | 2.0 | 4.0 | 0.0 | 4.000 | 100 | 6.000 | yes | 10.00 | 100 | 4.000 | 6.000 |",
-        "| full *† | 2.0 | 6.0 | 33.3 | 1.000 | 25 | 3.000 | yes | 12.50 | 125 | 3.000 | 5.000 |",
+        "| none *† | 1.1 | 1.1 | 0.0 | 4.000 | 100 | 6.000 | yes | 10.00 | 100 | 4.000 | 6.000 |",
+        "| full *† | 1.1 | 9.1 | 33.3 | 1.000 | 25 | 3.000 | yes | 12.50 | 125 | 3.000 | 5.000 |",
         "| op compiled | n/a | n/a | n/a | 2.000 | 50 | n/a | no | 8.00 | 80 | 3.000 | 5.000 |",
     ]
