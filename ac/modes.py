@@ -43,7 +43,7 @@ class WatchedCheckpoint:
         self.warning = RandomOpWarning(name)
         self.checkpoint_fn = checkpoint_fn or functools.partial(checkpoint, use_reentrant=False)
 
-    def __call__(self, block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, block: nn.Module, /, *args: Any, **kwargs: Any) -> Any:
         with self.warning.first_forward():
             return self.checkpoint_fn(block, *args, **kwargs)
 
@@ -120,7 +120,7 @@ class OpSAC(ACMode):
     def _forced_matmul_shapes(self, container: nn.Module, prefix: str) -> set[Shape]:
         """Weight shapes (in, out) of the Linears whose matmuls are always recomputed."""
         shapes: set[Shape] = set()
-        matched = dict.fromkeys(self.patterns, False)
+        matched: set[str] = set()
         for fqn, module in container.named_modules(prefix=prefix):
             for pattern in self.patterns:
                 if pattern not in fqn or fqn == prefix:
@@ -130,14 +130,13 @@ class OpSAC(ACMode):
                         f"per_op_sac_force_recompute_mm_shapes_by_fqns pattern {pattern!r} matches "
                         f"{fqn!r}, a {type(module).__name__}; only nn.Linear modules are allowed"
                     )
-                matched[pattern] = True
+                matched.add(pattern)
                 shapes.add((module.in_features, module.out_features))
-        unmatched = [p for p, hit in matched.items() if not hit]
+        unmatched = [p for p in dict.fromkeys(self.patterns) if p not in matched]
         if unmatched and self.warn_unmatched:
             warnings.warn(
                 f"per_op_sac_force_recompute_mm_shapes_by_fqns patterns {unmatched} match no "
                 f"nn.Linear in model.{prefix}; they have no effect",
-                UserWarning,
                 stacklevel=4,
             )
         return shapes

@@ -52,7 +52,7 @@ def _lookup(qualified_name: str) -> torch._ops.OpOverload | None:
     """The op overload `namespace.op.overload`, or None where this torch build lacks it."""
     namespace, name, overload = qualified_name.split(".")
     packet = getattr(getattr(torch.ops, namespace), name, None)
-    return None if packet is None else getattr(packet, overload, None)
+    return getattr(packet, overload, None)  # None when the packet is missing too
 
 
 def _default_compute_intensive_ops() -> list[Any]:

@@ -55,7 +55,6 @@ class RandomOpWarning:
                 f"activation checkpointing of block {self.block_name!r}: op {func} draws random numbers "
                 "and preserve_rng_state=False, so the recompute draws different ones and the "
                 "gradients are wrong; set preserve_rng_state=True",
-                UserWarning,
                 stacklevel=2,
             )
 

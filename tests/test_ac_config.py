@@ -121,10 +121,26 @@ def test_pattern_matching_a_non_linear_is_rejected_and_model_untouched():
     assert not any("_checkpoint_wrapped_module" in name for name, _ in model.named_modules())
 
 
-def test_user_pattern_matching_nothing_warns_with_its_name():
+def test_user_pattern_matching_nothing_warns_with_its_name_at_the_callers_line():
     config = ACConfig(selective_ac_option="op", per_op_sac_force_recompute_mm_shapes_by_fqns=["moe.gate"])
-    with pytest.warns(UserWarning, match=r"\['moe.gate'\] match no nn.Linear"):
+    with pytest.warns(UserWarning, match=r"\['moe.gate'\] match no nn.Linear") as record:
         apply_ac(build(MoEArgs()), config)
+    assert record[0].filename == __file__, "the warning should point at the apply_ac call, not inside ac/"
+
+
+def test_patterns_matching_only_some_linears_warn_naming_the_unmatched_ones():
+    """Matched patterns still force their Linears' matmuls; each unmatched one is named, in the given order."""
+    patterns = ["no.such", "router.gate", "moe.gate", "attention.wq"]
+    config = ACConfig(selective_ac_option="op", per_op_sac_force_recompute_mm_shapes_by_fqns=patterns)
+    mode = modes.OpSAC(config)
+    with pytest.warns(UserWarning) as record:
+        mode.prepare(build(MoEArgs()).layers, "layers")
+    assert [str(w.message) for w in record] == [
+        "per_op_sac_force_recompute_mm_shapes_by_fqns patterns ['no.such', 'moe.gate'] match no "
+        "nn.Linear in model.layers; they have no effect"
+    ]
+    args = MoEArgs()
+    assert mode.forced_shapes == {(args.dim, args.n_experts), (args.dim, args.dim)}
 
 
 def test_default_pattern_is_silent_on_dense_models():

@@ -6,13 +6,20 @@ import pytest
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, SelectiveCheckpointContext
 
-from ac.policy import make_op_sac_policy, saved_ops
+from ac.policy import _lookup, make_op_sac_policy, saved_ops
 
 pytestmark = pytest.mark.tiers("cpu")
 aten = torch.ops.aten
 FORWARD = SelectiveCheckpointContext(is_recompute=False)
 RECOMPUTE = SelectiveCheckpointContext(is_recompute=True)
 SAVE, RECOMP = CheckpointPolicy.MUST_SAVE, CheckpointPolicy.MUST_RECOMPUTE
+
+
+@pytest.fixture(autouse=True)
+def _fresh_saved_ops():
+    """Each test finds the saved ops anew: the set is cached per process, and a test must
+    fail when the lookup behind it breaks, not pass on a set an earlier test built."""
+    saved_ops.cache_clear()
 
 
 def _mm(n_in: int = 8, n_out: int = 8) -> tuple:
@@ -52,6 +59,13 @@ def test_collectives_are_saved():
     functional = torch.ops._c10d_functional
     assert functional.reduce_scatter_tensor.default in saved_ops()
     assert functional.all_to_all_single.default in saved_ops()
+
+
+def test_ops_this_torch_build_lacks_are_left_out():
+    """Extra saved ops are named by string; a name or overload this build lacks is skipped, not an error."""
+    assert _lookup("aten.mm.default") is aten.mm.default
+    assert _lookup("aten.no_such_op.default") is None
+    assert _lookup("aten.mm.no_such_overload") is None
 
 
 def test_cheap_ops_are_recomputed():

@@ -4,12 +4,14 @@ together, replayed from the preserved RNG state, eager and compiled."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 from torch.utils.checkpoint import CheckpointPolicy, SelectiveCheckpointContext
 from torch.utils.flop_counter import register_flop_formula
 
@@ -161,9 +163,63 @@ def test_preserve_rng_state_false_warns_once_naming_block_and_op():
     with pytest.warns(UserWarning) as record:
         model = _noisy_step(config)
         model(torch.randn(ROWS, DIM)).backward()
-    messages = [str(w.message) for w in record if "preserve_rng_state" in str(w.message)]
-    assert len(messages) == 2, messages  # one per block, the first step only
-    assert "'layers.0'" in messages[0] and "ac_test.noisy_dropout" in messages[0]
+    warned = [w for w in record if "preserve_rng_state" in str(w.message)]
+    assert len(warned) == 2, warned  # one per block, the first step only
+    assert str(warned[0].message) == (
+        "activation checkpointing of block 'layers.0': op ac_test.noisy_dropout.default draws random "
+        "numbers and preserve_rng_state=False, so the recompute draws different ones and the gradients "
+        "are wrong; set preserve_rng_state=True"
+    )
+    # Attributed to ac.rng, so `-W ignore::UserWarning:ac.rng` silences it.
+    assert warned[0].filename.endswith(os.path.join("ac", "rng.py"))
+
+
+def _blocks_dispatch_modes(model: NoisyModel) -> list[list]:
+    """The dispatch modes each block's first Linear runs under, per call."""
+    stacks = []
+    for block in model.layers.values():
+        block.a.register_forward_pre_hook(lambda *_: stacks.append(_get_current_dispatch_mode_stack()))
+    return stacks
+
+
+def test_only_the_first_training_forward_is_watched():
+    """Later steps pay for no dispatch mode; an eval forward before training does not use up the watch."""
+    torch.manual_seed(0)
+    model = apply_ac(NoisyModel(), ACConfig(mode="full", preserve_rng_state=False))
+    stacks = _blocks_dispatch_modes(model)
+    x = torch.randn(ROWS, DIM)
+    with torch.no_grad():
+        model(x)
+    assert stacks == [[], []]
+    stacks.clear()
+    with pytest.warns(UserWarning, match="preserve_rng_state=False"):
+        loss = model(x)
+    assert [len(stack) for stack in stacks] == [1, 1]
+    loss.backward()
+    stacks.clear()
+    model(x)
+    assert stacks == [[], []]
+
+
+class _Attention(nn.Module):
+    """Scaled dot-product attention with every default: the fused op gets no dropout_p at all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(DIM, 3 * DIM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).view(1, ROWS, 3, 2, DIM // 2).permute(2, 0, 3, 1, 4)  # 2 heads
+        return F.scaled_dot_product_attention(q, k, v).sum()
+
+
+def test_attention_without_dropout_argument_is_silent():
+    model = nn.Module()
+    model.layers = nn.ModuleDict({"0": _Attention()})
+    apply_ac(model, ACConfig(mode="full", preserve_rng_state=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.layers["0"](torch.randn(ROWS, DIM)).backward()
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["no-random-op", "eval"])

@@ -10,16 +10,19 @@ import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+from torch.utils.checkpoint import CheckpointPolicy, SelectiveCheckpointContext
 
 from ac import ACConfig, apply_ac
-from ac.budget import costs
+from ac.budget import checkpoint as checkpoint_module
+from ac.budget import costs, solver
 from ac.budget.checkpoint import BudgetCheckpoint, make_budget_policy, run_plan
 from ac.budget.profile import BlockProfile, HeldStorage, OpCost, profile_block
-from ac.budget.solver import FULL, MODULES, NONE, SAC, budget_bytes, exhaustive, plans, solve
+from ac.budget.solver import FULL, MODULES, NONE, SAC, Plan, budget_bytes, exhaustive, plans, solve
 from harness import models
 from harness.models import toy
 
 BUDGETS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+SAVE, RECOMPUTE = CheckpointPolicy.MUST_SAVE, CheckpointPolicy.MUST_RECOMPUTE
 NO_EARLY_STOP = {"early_stop": False}  # every non-saved op is recomputed once: flops are exact
 
 
@@ -293,3 +296,183 @@ def test_bad_budget_is_rejected_before_work(budget):
         BudgetCheckpoint(budget)
     with pytest.raises(ValueError, match=r"allowed range \[0.0, 1.0\]"):
         solve(_random_profile(0, n_ops=2), budget)
+
+
+MM = torch.ops.aten.mm.default
+
+
+def _profile(*flops_and_bytes: tuple[int, int], no_ac_bytes: int) -> BlockProfile:
+    """A block of matmuls, each (flops, bytes of its output)."""
+    ops = tuple(OpCost(MM, i, flops, size) for i, (flops, size) in enumerate(flops_and_bytes))
+    return BlockProfile(ops, no_ac_bytes)
+
+
+@pytest.mark.tiers("cpu")
+def test_budget_bytes_are_the_share_rounded_down_past_float_noise():
+    """0.29 * 100 is 28.999999999999996 in floats: the budget means 29 bytes, and 0.295 still 29."""
+    assert budget_bytes(_profile(no_ac_bytes=100), 0.29) == 29
+    assert budget_bytes(_profile(no_ac_bytes=100), 0.295) == 29
+    assert budget_bytes(_profile(no_ac_bytes=100), 0.0) == 0
+    assert budget_bytes(_profile(no_ac_bytes=3 * 2**30), 1 / 3) == 2**30
+
+
+@pytest.mark.tiers("cpu")
+@pytest.mark.parametrize("search", ["solve", "exhaustive"])
+def test_a_plan_fits_a_budget_of_exactly_its_bytes_and_not_one_byte_less(search):
+    """Saving the big matmul holds 29 bytes: a budget of 29 bytes admits it, one of 28 does not."""
+    profile = _profile((10**6, 29), (1, 50), no_ac_bytes=100)
+    find = (
+        (lambda budget: solve(profile, budget)[0])
+        if search == "solve"
+        else functools.partial(exhaustive, profile)
+    )
+    at = find(0.29)
+    assert (at.bytes, at.saved) == (29, frozenset({(MM, 0)}))
+    below = find(0.28)
+    assert below.bytes == 0 and below.recompute_flops == 10**6 + 1
+
+
+@pytest.mark.tiers("cpu")
+def test_blocks_sharing_a_budget_fit_exactly_their_bytes_together():
+    """Two blocks at 54 bytes each may hold 29 + 79 = 108 bytes together, not at 53 each (106)."""
+    profile = _profile((10**6, 29), (1, 50), no_ac_bytes=100)
+    assert [plan.bytes for plan in solve(profile, 0.29, copies=3)] == [29, 29, 29]
+    assert [plan.bytes for plan in solve(profile, 0.54, copies=2)] == [29, 79]
+    assert [plan.bytes for plan in solve(profile, 0.535, copies=2)] == [29, 29]
+
+
+# A second per flop, nothing else: plan times are exact integers, so ties are ties.
+PER_FLOP = costs.DeviceCosts(flops_per_s=1.0, op_s=0.0, sac_dispatch_s=0.0, region_s=0.0)
+
+
+@pytest.mark.tiers("cpu")
+def test_blocks_sharing_a_budget_never_exceed_it_together_by_one_byte():
+    """Two blocks of 10 bytes each: 10 + 10 fits, the faster 10 + 11 does not."""
+    profile = _profile((100, 10), (1, 1), no_ac_bytes=11)
+    assert [plan.bytes for plan in solve(profile, 10 / 11, copies=2, costs=PER_FLOP)] == [10, 10]
+    assert [plan.bytes for plan in solve(profile, 1.0, copies=2, costs=PER_FLOP)] == [11, 11]
+
+
+@pytest.mark.tiers("cpu")
+def test_exhaustive_breaks_a_tie_in_time_with_fewer_bytes():
+    """Saving the 8-byte matmul or the 5- and 1-byte ones saves 60 flops alike: 6 bytes win."""
+    profile = _profile((60, 8), (50, 5), (10, 1), no_ac_bytes=20)
+    plan = exhaustive(profile, 8 / 20, PER_FLOP)
+    assert (plan.saved, plan.bytes, plan.seconds) == ({(MM, 1), (MM, 2)}, 6, 60.0)
+
+
+@pytest.mark.tiers("cpu")
+def test_no_ac_fits_a_budget_of_exactly_its_bytes():
+    """A block with a matmul whose output is freed at once (0 bytes): only no AC avoids recomputing it."""
+    profile = _profile((10**6, 60), (10**3, 0), no_ac_bytes=70)
+    no_ac = Plan(NONE, bytes=70, recompute_flops=0, seconds=0.0)
+    assert exhaustive(profile, 1.0) == no_ac
+    assert list(solve(profile, 1.0)) == [no_ac]
+    below = exhaustive(profile, 69 / 70)
+    # The matmul whose output is freed cannot be served from a saved copy: it stays recomputed.
+    assert (below.kind, below.recompute_flops) == (SAC, 10**3)
+
+
+@pytest.mark.tiers("cpu")
+def test_exhaustive_is_the_brute_force_optimum():
+    """The reference: subsets of one, of several and of every op, least time first, then fewest bytes."""
+    profile = _profile((100, 10), (60, 6), (50, 5), no_ac_bytes=24)
+    by_budget = {budget: exhaustive(profile, budget / 24) for budget in (10, 11, 21, 24)}
+    assert {budget: plan.saved for budget, plan in by_budget.items()} == {
+        10: {(MM, 0)},
+        11: {(MM, 1), (MM, 2)},
+        21: {(MM, 0), (MM, 1), (MM, 2)},
+        24: {(MM, 0), (MM, 1), (MM, 2)},  # as fast as no AC (nothing left to recompute), in fewer bytes
+    }
+    assert by_budget[24].kind == SAC and by_budget[24].bytes == 21
+
+
+@pytest.mark.tiers("cpu")
+def test_exhaustive_refuses_more_ops_than_it_can_try(monkeypatch):
+    monkeypatch.setattr(solver, "MAX_EXHAUSTIVE", 3)
+    assert exhaustive(_profile((1, 1), (1, 1), (1, 1), no_ac_bytes=3), 1.0).kind == SAC
+    with pytest.raises(ValueError, match=r"^exhaustive search over 4 ops; at most 3 are allowed$"):
+        exhaustive(_profile((1, 1), (1, 1), (1, 1), (1, 1), no_ac_bytes=4), 1.0)
+
+
+@pytest.mark.tiers("cpu")
+def test_budget_policy_decides_alike_when_older_torch_asks_during_recompute():
+    """torch before 2.10 calls the policy in the recompute too (is_recompute=True): each op's
+    index counts from 0 again there, so the recompute saves and recomputes what forward did."""
+    add = torch.ops.aten.add.Tensor
+    policy = make_budget_policy(frozenset({(MM, 1), (add, 0)}))
+    calls = [MM, add, MM, add, MM]
+    want = [RECOMPUTE, SAVE, SAVE, RECOMPUTE, RECOMPUTE]
+    assert [policy(SelectiveCheckpointContext(is_recompute=False), func) for func in calls] == want
+    assert [policy(SelectiveCheckpointContext(is_recompute=True), func) for func in calls] == want
+
+
+class _Affine(nn.Module):
+    """Scales or shifts, by keyword: the same tensors run different ops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, scale=None, shift=None, options=None) -> torch.Tensor:
+        h = self.proj(x)
+        return h * scale if scale is not None else h + shift
+
+
+@pytest.mark.tiers("cpu")
+def test_the_same_tensors_under_another_keyword_are_profiled_apart():
+    checkpoint_fn, block = BudgetCheckpoint(0.5), _Affine()
+    x, t = torch.randn(4, 8, requires_grad=True), torch.randn(8)
+    checkpoint_fn(block, x, scale=t).sum().backward()
+    checkpoint_fn(block, x, shift=t).sum().backward()
+    assert checkpoint_fn.profiles.misses == 2
+
+
+@pytest.mark.tiers("cpu")
+def test_an_unhashable_argument_still_finds_its_plan_again():
+    """A block may take a plain (unhashable) options object: the call key reads its repr."""
+    checkpoint_fn, block = BudgetCheckpoint(0.5), _Affine()
+    for _ in range(2):
+        options = {"fused"}  # a set: no hash, and no container the key walks
+        checkpoint_fn(
+            block, torch.randn(4, 8, requires_grad=True), scale=2.0, options=options
+        ).sum().backward()
+    assert len(checkpoint_fn._by_call) == 1
+
+
+@pytest.mark.tiers("cpu")
+def test_blocks_of_one_structure_share_a_budget_and_others_do_not(monkeypatch):
+    """Identical blocks are solved once, as copies of one block; a block of another structure alone."""
+    solved = []
+
+    def counting(profile, budget, copies, *args, **kwargs):
+        solved.append(copies)
+        return solve(profile, budget, copies, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "solve", counting)
+    blocks = [toy.ToyBlock(), toy.ToyBlock(), _Affine()]
+    checkpoint_fn = BudgetCheckpoint(0.5, blocks, device_costs=EAGER_LIKE)
+    for block in blocks[:2]:
+        checkpoint_fn(block, torch.randn(8, toy.DIM, requires_grad=True)).sum().backward()
+    checkpoint_fn(blocks[2], torch.randn(4, 8, requires_grad=True), scale=2.0).sum().backward()
+    assert solved == [2, 1]
+
+
+class _Named(nn.Module):
+    """Takes keywords named as the checkpoint functions' own parameters."""
+
+    def forward(self, x: torch.Tensor, block=None, plan=None, options=None) -> torch.Tensor:
+        return x * 2
+
+
+@pytest.mark.tiers("cpu")
+@pytest.mark.parametrize(
+    "config", [ACConfig(mode="memory_budget"), ACConfig(mode="full", preserve_rng_state=False)]
+)
+def test_block_keywords_named_like_the_wrappers_parameters_reach_the_block(config):
+    model = nn.Module()
+    model.layers = nn.ModuleList([_Named()])
+    apply_ac(model, config)
+    x = torch.ones(2, requires_grad=True)
+    model.layers[0](x, block=1, plan=2, options=3).sum().backward()
+    assert torch.equal(x.grad, torch.full((2,), 2.0))

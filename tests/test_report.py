@@ -143,3 +143,63 @@ def test_cuda_report_compares_gradients_under_deterministic_algorithms(tier, tmp
     data = json.loads((tmp_path / "ac-report.json").read_text())
     assert "use_deterministic_algorithms(True)" in data["grads_compared"]
     assert all(r["grads_equal"] for r in data["models"]["toy"]["rows"])
+
+
+def test_recompute_percentage_is_extra_backward_flops_over_no_ac_step_flops():
+    """Full AC recomputes the forward: 100 extra of 100 + 200 flops is 33.33 %, rounded to 2 places."""
+    held = {"peak_bytes": 9, "grads_equal": True}
+    none = {"forward_flops": 100, "backward_flops": 200, "activation_bytes": 8, **held}
+    full = {"forward_flops": 100, "backward_flops": 300, "activation_bytes": 2, **held}
+    compiled = {
+        "forward_flops": None,
+        "backward_flops": None,
+        "recompute_pct": None,
+        "activation_bytes": 1,
+        **held,
+    }
+    figures = {"none": none, "full": full, "op compiled": compiled}
+    rows = [sweep._row("m", mode, f, none, step_ms=1.23456) for mode, f in figures.items()]
+    assert [(r.mode, r.recompute_pct, r.step_ms) for r in rows] == [
+        ("none", 0.0, 1.235),
+        ("full", 33.33, 1.235),
+        ("op compiled", None, 1.235),
+    ]
+
+
+def _rows(cuda: bool) -> list[sweep.Row]:
+    extra = {"cuda_activation_bytes": 3 * MIB, "cuda_peak_bytes": 5 * MIB} if cuda else {}
+    none_extra = {"cuda_activation_bytes": 4 * MIB, "cuda_peak_bytes": 6 * MIB} if cuda else {}
+    return [
+        sweep.Row("m", "none", 1_050_000, 1_050_000, 0.0, 4 * MIB, 6 * MIB, True, 10.0, **none_extra),
+        sweep.Row("m", "full", 1_050_000, 9_050_000, 33.333, MIB, 3 * MIB, True, 12.5, **extra),
+        sweep.Row("m", "op compiled", None, None, None, 2 * MIB, None, False, 8.0, True, **extra),
+    ]
+
+
+def test_table_renders_every_figure_of_a_cpu_run():
+    assert report.table("m", _rows(cuda=False)) == (
+        "### m\n"
+        "\n"
+        "| mode | fwd MFLOP | bwd MFLOP | recompute % | act MiB | act % of none | peak MiB | grads equal |"
+        " step ms | step % of none |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+        "| none * | 1.1 | 1.1 | 0.0 | 4.000 | 100 | 6.000 | yes | 10.00 | 100 |\n"
+        "| full * | 1.1 | 9.1 | 33.3 | 1.000 | 25 | 3.000 | yes | 12.50 | 125 |\n"
+        "| op compiled † | n/a | n/a | n/a | 2.000 | 50 | n/a | no | 8.00 | 80 |\n"
+        "\n"
+        "`*`: on the Pareto front of activation memory vs recompute flops; `†`: dominated in time "
+        "(another mode holds no more memory and steps faster). Compiled rows: act MiB is what autograd "
+        "saves; no flop counts (compiled graphs refuse a FlopCounterMode).\n"
+    )
+
+
+def test_table_adds_the_allocators_figures_on_cuda():
+    """On CUDA the allocator's bytes decide the fronts, and compiled rows compete in time."""
+    lines = report.table("m", _rows(cuda=True)).splitlines()
+    assert lines[2].endswith(" step ms | step % of none | CUDA act MiB | CUDA peak MiB |")
+    assert lines[3] == "|" + "---|" * 12
+    assert lines[4:7] == [
+        "| none *† | 1.1 | 1.1 | 0.0 | 4.000 | 100 | 6.000 | yes | 10.00 | 100 | 4.000 | 6.000 |",
+        "| full *† | 1.1 | 9.1 | 33.3 | 1.000 | 25 | 3.000 | yes | 12.50 | 125 | 3.000 | 5.000 |",
+        "| op compiled | n/a | n/a | n/a | 2.000 | 50 | n/a | no | 8.00 | 80 | 3.000 | 5.000 |",
+    ]

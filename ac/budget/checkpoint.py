@@ -106,7 +106,7 @@ class BudgetCheckpoint:
             groups.setdefault(structure(block), []).append(block)
         self._places = {id(b): (k, len(group)) for group in groups.values() for k, b in enumerate(group)}
 
-    def plan(self, block: nn.Module, *args: Any, compiled: bool = False, **kwargs: Any) -> Plan:
+    def plan(self, block: nn.Module, /, *args: Any, compiled: bool = False, **kwargs: Any) -> Plan:
         """The plan for `block` called with these inputs; `compiled`: it runs in a traced graph."""
         key = _call_key(block, args, kwargs)
         plan = self._by_call.get(key)
@@ -127,7 +127,7 @@ class BudgetCheckpoint:
             self._solved[id(profile), copies, eager] = solved
         return solved[place]
 
-    def __call__(self, block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, block: nn.Module, /, *args: Any, **kwargs: Any) -> Any:
         options = {name: kwargs.pop(name) for name in _CHECKPOINT_OPTIONS if name in kwargs}
         if not torch.is_grad_enabled():
             return block(*args, **kwargs)
@@ -149,7 +149,7 @@ class BudgetCheckpoint:
 _CHECKPOINT_OPTIONS = ("preserve_rng_state", "early_stop", "determinism_check", "debug")
 
 
-def run_plan(plan: Plan, options: dict[str, Any], block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+def run_plan(plan: Plan, options: dict[str, Any], block: nn.Module, /, *args: Any, **kwargs: Any) -> Any:
     """One checkpointed call of `block` as `plan` says; `options` go to `torch.utils.checkpoint`."""
     if plan.kind == NONE:
         return block(*args, **kwargs)

@@ -175,8 +175,8 @@ class _Timer(TorchDispatchMode):
 
 def _op_seconds(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[float]:
     """Wall time of each op of one real forward; RNG streams and buffers are left as they were."""
-    device = next((t.device for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)), None)
-    device = device or torch.device("cpu")
+    tensors = (t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor))
+    device = next((t.device for t in tensors), torch.device("cpu"))
     buffers = {name: buffer.clone() for name, buffer in block.named_buffers()}
     real_args, real_kwargs = tree_map_only(torch.Tensor, _detached, (args, kwargs))
     timer = _Timer(device)

@@ -133,7 +133,7 @@ def plans(profile: BlockProfile, capacity: int, costs: DeviceCosts, module_plans
                 if plan.bytes <= capacity:
                     options.append(plan)
     if profile.no_ac_bytes <= capacity:
-        options.append(Plan(NONE, profile.no_ac_bytes, 0, 0.0))
+        options.append(_no_ac_plan(profile))
     pricing = _SacPricing(profile, costs)
     options += [pricing.plan(saved) for saved in _sac_front(profile, capacity, costs)]
     front = _pareto([(plan.bytes, -plan.seconds, plan) for plan in options])
@@ -184,14 +184,13 @@ def exhaustive(profile: BlockProfile, budget: float, costs: DeviceCosts = COMPIL
     if len(items) > MAX_EXHAUSTIVE:
         raise ValueError(f"exhaustive search over {len(items)} ops; at most {MAX_EXHAUSTIVE} are allowed")
     pricing = _SacPricing(profile, costs)
-    best = pricing.plan([])
-    for size in range(1, len(items) + 1):
-        for subset in itertools.combinations(items, size):
-            plan = pricing.plan(list(subset))
-            if plan.bytes <= capacity and (plan.seconds, plan.bytes) < (best.seconds, best.bytes):
-                best = plan
+    subsets = (
+        itertools.compress(items, mask) for mask in itertools.product((False, True), repeat=len(items))
+    )
+    fitting = (plan for plan in map(pricing.plan, map(list, subsets)) if plan.bytes <= capacity)
+    best = min(fitting, key=lambda plan: (plan.seconds, plan.bytes))
     if profile.no_ac_bytes <= capacity and best.seconds > 0:
-        return Plan(NONE, profile.no_ac_bytes, 0, 0.0)
+        return _no_ac_plan(profile)
     return best
 
 
@@ -209,6 +208,10 @@ def _pareto(states: list[State]) -> list[State]:
     for state in front:  # value increases along the front: the last state of a bucket is its best
         buckets[int(state[0] / width)] = state
     return list(buckets.values())
+
+
+def _no_ac_plan(profile: BlockProfile) -> Plan:
+    return Plan(NONE, profile.no_ac_bytes, 0, 0.0)
 
 
 def _full_plan(profile: BlockProfile, costs: DeviceCosts) -> Plan:

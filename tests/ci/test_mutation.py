@@ -80,8 +80,8 @@ def test_score_is_detected_over_tested_with_equivalents_set_apart(tmp_path, caps
     code = score.main(["--mutants", str(_mutants(tmp_path, verdicts)), "--equivalent", str(equivalent)])
     out = capsys.readouterr().out
     # ac: 18 of 19 tested (the equivalent one and the untested one left out) = 94.7%.
-    assert "| ac | 21 | 17 | 1 | 1 | 1 | 1 | 0 | 94.7% | 90% |" in out
-    assert "| harness | 5 | 4 | 0 | 1 | 0 | 0 | 0 | 80.0% | 80% |" in out
+    assert "| ac | 21 | 17 | 0 | 1 | 1 | 1 | 1 | 0 | 94.7% | 90% |" in out
+    assert "| harness | 5 | 4 | 0 | 0 | 1 | 0 | 0 | 0 | 80.0% | 80% |" in out
     assert "- `ac.config.x_f__mutmut_18`" in out and "- `ac.config.x_g__mutmut_1`" in out
     assert code == 0
 
@@ -89,7 +89,20 @@ def test_score_is_detected_over_tested_with_equivalents_set_apart(tmp_path, caps
 def test_a_package_under_its_target_fails_the_run(tmp_path, capsys):
     verdicts = {"harness.tiers.x_h__mutmut_1": KILLED, "harness.tiers.x_h__mutmut_2": SURVIVED}
     assert score.main(["--mutants", str(_mutants(tmp_path, verdicts)), "--equivalent", "none.toml"]) == 1
-    assert "| harness | 2 | 1 | 0 | 1 | 0 | 0 | 0 | 50.0% | 80% |" in capsys.readouterr().out
+    assert "| harness | 2 | 1 | 0 | 0 | 1 | 0 | 0 | 0 | 50.0% | 80% |" in capsys.readouterr().out
+
+
+def test_a_mutant_killed_outside_mutmut_counts_as_killed_naming_its_test(tmp_path, capsys):
+    verdicts = {"ac.modes.x_f__mutmut_1": SURVIVED, "ac.modes.x_f__mutmut_2": KILLED}
+    listed = tmp_path / "listed.toml"
+    listed.write_text(
+        '[[killed_outside]]\nname = "ac.modes.x_f__mutmut_1"\ntest = "t.py::test_w"\nreason = "frames"\n'
+    )
+    assert score.main(["--mutants", str(_mutants(tmp_path, verdicts)), "--equivalent", str(listed)]) == 0
+    assert "| ac | 2 | 1 | 1 | 0 | 0 | 0 | 0 | 0 | 100.0% | 90% |" in capsys.readouterr().out
+    listed.write_text('[[killed_outside]]\nname = "ac.modes.x_f__mutmut_1"\nreason = "frames"\n')
+    with pytest.raises(SystemExit, match=r"every \[\[killed_outside\]\] needs name, test, reason"):
+        score.main(["--mutants", str(_mutants(tmp_path, verdicts)), "--equivalent", str(listed)])
 
 
 def test_stale_equivalent_entries_fail_the_run(tmp_path, capsys):
@@ -101,8 +114,11 @@ def test_stale_equivalent_entries_fail_the_run(tmp_path, capsys):
 
 
 def test_checked_in_equivalents_each_give_a_reason():
-    entries = tomllib.loads((ROOT / "bench" / "equivalent_mutants.toml").read_text()).get("mutant", [])
-    assert all(entry["name"] and len(entry["reason"]) > 10 for entry in entries)
+    tables = tomllib.loads((ROOT / "bench" / "equivalent_mutants.toml").read_text())
+    assert all(entry["name"] and len(entry["reason"]) > 10 for entry in tables.get("mutant", []))
+    for entry in tables.get("killed_outside", []):
+        path, _, name = entry["test"].partition("::")
+        assert f"def {name}(" in (ROOT / path).read_text(), f"{entry['name']} names a test that is gone"
 
 
 def test_shards_merge_and_a_mutant_no_shard_ran_fails_the_score(tmp_path, capsys):
@@ -112,7 +128,7 @@ def test_shards_merge_and_a_mutant_no_shard_ran_fails_the_score(tmp_path, capsys
     )
     merged = ["--mutants", str(first), "--mutants", str(second), "--equivalent", "none.toml"]
     assert score.main(merged) == 0
-    assert "| harness | 1 | 1 | 0 | 0 | 0 | 0 | 0 | 100.0% | 80% |" in capsys.readouterr().out
+    assert "| harness | 1 | 1 | 0 | 0 | 0 | 0 | 0 | 0 | 100.0% | 80% |" in capsys.readouterr().out
     assert score.main(["--mutants", str(first), "--equivalent", "none.toml"]) == 1
     assert "- `harness.tiers`" in capsys.readouterr().out
 

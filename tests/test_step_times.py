@@ -1,0 +1,57 @@
+"""`harness.measure.step_times_ms`: the median of the timed rounds, warm-up excluded, steps interleaved."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from harness import measure
+
+pytestmark = pytest.mark.tiers("cpu")
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def _timed_step(clock: _Clock, name: str, seconds: list[float], calls: list[str]):
+    """A step that takes the next of `seconds` on the clock, forward and backward together."""
+    durations = iter(seconds)
+
+    def step() -> torch.Tensor:
+        calls.append(name)
+        clock.now += next(durations)
+        return torch.ones(2, requires_grad=True)
+
+    return step
+
+
+def test_median_of_timed_rounds_in_ms_after_warmup_with_steps_interleaved(monkeypatch):
+    clock, calls = _Clock(), []
+    monkeypatch.setattr(measure, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    steps = {
+        "fast": _timed_step(clock, "fast", [9.0, 9.0, 0.001, 0.004, 0.002], calls),
+        "slow": _timed_step(clock, "slow", [8.0, 8.0, 0.010, 0.030, 0.020], calls),
+    }
+    times = measure.step_times_ms(steps, torch.device("cpu"), warmup=2, timed=3)
+    assert times == pytest.approx({"fast": 2.0, "slow": 20.0})
+    assert calls == ["fast", "slow"] * 5
+
+
+def test_cuda_steps_are_timed_between_synchronizations_of_that_device(monkeypatch):
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(("sync", device)))
+
+    def step() -> torch.Tensor:
+        events.append(("step", None))
+        return torch.ones((), requires_grad=True)
+
+    device = torch.device("cuda", 1)
+    measure.step_times_ms({"only": step}, device, warmup=1, timed=1)
+    assert events == [("sync", device), ("step", None), ("sync", device)] * 2
