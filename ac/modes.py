@@ -8,7 +8,6 @@ model before anything is wrapped (`prepare`), then wraps blocks one at a time
 from __future__ import annotations
 
 import functools
-import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,6 +19,7 @@ from ac.budget import BudgetCheckpoint
 from ac.config import ACConfig
 from ac.policy import Shape, make_op_sac_policy
 from ac.rng import RandomOpWarning
+from ac.warn import warn_at_caller
 
 
 @dataclass(frozen=True)
@@ -134,10 +134,9 @@ class OpSAC(ACMode):
                 shapes.add((module.in_features, module.out_features))
         unmatched = [p for p in dict.fromkeys(self.patterns) if p not in matched]
         if unmatched and self.warn_unmatched:
-            warnings.warn(
+            warn_at_caller(
                 f"per_op_sac_force_recompute_mm_shapes_by_fqns patterns {unmatched} match no "
-                f"nn.Linear in model.{prefix}; they have no effect",
-                stacklevel=4,
+                f"nn.Linear in model.{prefix}; they have no effect"
             )
         return shapes
 
