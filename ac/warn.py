@@ -10,10 +10,12 @@ _PACKAGE = str(Path(__file__).resolve().parent)
 
 
 def warn_at_caller(message: str) -> None:
-    """Attribute `message` to the first frame outside `ac`, the user's `apply_ac` call,
-    however many of `ac`'s (or a wrapper's) frames lie between: a fixed stacklevel breaks
-    on every refactor and under tools that add frames."""
-    frame, level = sys._getframe(1), 2
-    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
+    """Attribute `message` to the code that called into `ac` (the user's `apply_ac` line):
+    the caller of the outermost `ac` frame on the stack. A fixed stacklevel breaks on every
+    refactor and under tools that wrap functions in frames of their own."""
+    frame, level, outermost = sys._getframe(0), 1, 1
+    while frame is not None:
+        if str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
+            outermost = level
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, UserWarning, stacklevel=level)
+    warnings.warn(message, UserWarning, stacklevel=outermost + 1)

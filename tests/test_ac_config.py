@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import tomllib
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
 
+import ac
 from ac import ACConfig, apply_ac, modes
 from harness.models.moe import MoEArgs, build
 from harness.models.toy import ToyModel
+
+AC_DIR = Path(ac.__file__).resolve().parent
 
 pytestmark = pytest.mark.tiers("cpu")
 
@@ -125,7 +129,10 @@ def test_user_pattern_matching_nothing_warns_with_its_name_at_the_callers_line()
     config = ACConfig(selective_ac_option="op", per_op_sac_force_recompute_mm_shapes_by_fqns=["moe.gate"])
     with pytest.warns(UserWarning, match=r"\['moe.gate'\] match no nn.Linear") as record:
         apply_ac(build(MoEArgs()), config)
-    assert record[0].filename == __file__, "the warning should point at the apply_ac call, not inside ac/"
+    # The user's line (here; under mutmut, its wrapper's frame that calls apply_ac), never
+    # ac's own code nor the test runner's.
+    where = Path(record[0].filename).resolve()
+    assert not where.is_relative_to(AC_DIR) and not {"_pytest", "pluggy"} & set(where.parts), where
 
 
 def test_patterns_matching_only_some_linears_warn_naming_the_unmatched_ones():
