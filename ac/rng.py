@@ -10,6 +10,7 @@ numbers shifts the stream of every random op recomputed after it.
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 from typing import Any
 
@@ -51,11 +52,16 @@ class RandomOpWarning:
         """Warn, once, if this op draws random numbers."""
         if not self.warned and draws_random(func, args, kwargs):
             self.warned = True
-            warnings.warn(
+            # Raised from torch's dispatch, deep under the user's forward: no caller frame is
+            # theirs, so it is attributed to this module (`-W ignore::UserWarning:ac.rng`).
+            warnings.warn_explicit(
                 f"activation checkpointing of block {self.block_name!r}: op {func} draws random numbers "
                 "and preserve_rng_state=False, so the recompute draws different ones and the "
                 "gradients are wrong; set preserve_rng_state=True",
-                stacklevel=2,
+                UserWarning,
+                filename=__file__,
+                lineno=sys._getframe().f_lineno,
+                module=__name__,
             )
 
     def first_forward(self) -> contextlib.AbstractContextManager[Any]:

@@ -172,6 +172,10 @@ def test_preserve_rng_state_false_warns_once_naming_block_and_op():
     )
     # Attributed to ac.rng, so `-W ignore::UserWarning:ac.rng` silences it.
     assert warned[0].filename.endswith(os.path.join("ac", "rng.py"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", category=UserWarning, module="ac.rng")
+        _noisy_step(config)
 
 
 def _blocks_dispatch_modes(model: NoisyModel) -> list[list]:
