@@ -8,7 +8,7 @@ import time
 import pytest
 import torch.distributed as dist
 
-from harness.ranks.calls import Call, execute
+from harness.ranks.calls import execute
 from harness.ranks.results import (
     CRASHED,
     FAILED,
@@ -21,6 +21,7 @@ from harness.ranks.results import (
     exit_report,
     verdict,
 )
+from tests.harness.test_ranks_calls import CALL  # a call of a test in this process
 
 # A self-test fails within 10 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(10)]
@@ -180,24 +181,6 @@ def test_ranks_that_disagree_are_listed_by_outcome_with_their_reasons():
 # --- which failures are a rank's own: decided where the error was raised, never by its text ---
 
 
-def _call() -> Call:
-    return Call(
-        nodeid="test_x.py::test_x",
-        module=__name__,
-        path=__file__,
-        cls=None,
-        name="test_x",
-        funcargs=b"",
-        instance_state=None,
-        sys_path=(),
-        environ={},
-        tbstyle="short",
-        showlocals=False,
-        verbosity=0,
-        seed=0,
-    )
-
-
 def _raise(error: BaseException):
     def body():
         raise error
@@ -222,7 +205,7 @@ def _barrier_without_a_group():
 )
 def test_an_error_is_knock_on_only_when_torch_distributed_raised_it(body, collective):
     before = time.time()
-    report = execute(_call(), body, {}, rank=1)
+    report = execute(CALL, body, {}, rank=1)
     assert (report.rank, report.outcome, report.collective) == (1, FAILED, collective)
     assert before <= report.failed_at <= time.time()
 
@@ -234,18 +217,18 @@ def test_an_own_error_caught_from_torch_distributed_and_reraised_is_own():
         except ValueError as error:
             raise AssertionError("the test's own check") from error
 
-    assert not execute(_call(), body, {}, rank=0).collective
+    assert not execute(CALL, body, {}, rank=0).collective
 
 
 def test_passing_skipping_and_xfailing_bodies_report_as_pytest_would():
-    passed = execute(_call(), lambda: 3, {}, rank=0)
+    passed = execute(CALL, lambda: 3, {}, rank=0)
     assert (passed.outcome, passed.returned, passed.failed_at, passed.text) == (PASSED, "int", None, "")
 
     def skips():
         pytest.skip("not here")
 
-    skipped = execute(_call(), skips, {}, rank=0)
+    skipped = execute(CALL, skips, {}, rank=0)
     assert (skipped.outcome, skipped.text, skipped.failed_at) == (SKIPPED, "not here", None)
     assert skipped.location == (__file__, skips.__code__.co_firstlineno + 1)
-    xfailed = execute(_call(), lambda: pytest.xfail("known"), {}, rank=0)
+    xfailed = execute(CALL, lambda: pytest.xfail("known"), {}, rank=0)
     assert (xfailed.outcome, xfailed.text) == (XFAILED, "known")

@@ -15,6 +15,17 @@ from harness import devices, repro, seeding, tiers
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
 
 
+# The variables a repro line carries (the fixture sets these and more).
+CARRIED = {
+    "TORCH_LOGS": "+dynamo",
+    "NCCL_DEBUG": "INFO",
+    "CUDA_LAUNCH_BLOCKING": "1",
+    "OMP_NUM_THREADS": "2",
+    "MKL_NUM_THREADS": "2",
+    "PYTHONHASHSEED": "0",
+}
+
+
 @pytest.fixture
 def environ(monkeypatch):
     """Only the variables a test sets here, of those a repro line may carry."""
@@ -22,12 +33,7 @@ def environ(monkeypatch):
         if name.startswith(repro._PREFIXES) or name in repro._NAMES:
             monkeypatch.delenv(name)
     for name, value in {
-        "TORCH_LOGS": "+dynamo",
-        "NCCL_DEBUG": "INFO",
-        "CUDA_LAUNCH_BLOCKING": "1",
-        "OMP_NUM_THREADS": "2",
-        "MKL_NUM_THREADS": "2",
-        "PYTHONHASHSEED": "0",
+        **CARRIED,
         "CUBLAS_WORKSPACE_CONFIG": ":4096:8",  # the tier sets it
         devices.PHYSICAL_GPUS_ENV: "0,1,2,3",  # bookkeeping of the run
         devices.HOME_GPU_ENV: "1",
@@ -38,16 +44,6 @@ def environ(monkeypatch):
     }.items():
         monkeypatch.setenv(name, value)
     return monkeypatch
-
-
-CARRIED = {
-    "TORCH_LOGS": "+dynamo",
-    "NCCL_DEBUG": "INFO",
-    "CUDA_LAUNCH_BLOCKING": "1",
-    "OMP_NUM_THREADS": "2",
-    "MKL_NUM_THREADS": "2",
-    "PYTHONHASHSEED": "0",
-}
 
 
 def test_the_environment_carries_what_shapes_a_test_and_the_devices_it_held(environ):
