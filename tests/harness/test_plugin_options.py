@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from harness import devices, plugin
+from harness import devices, plugin, seeding
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
@@ -118,3 +118,15 @@ def test_an_unreadable_quarantine_list_stops_the_run_naming_it(pytester, eight_f
     assert result.stderr.lines[0].startswith(
         f"ERROR: quarantine list {pytester.path / 'lists' / 'quarantine.toml'}: [Errno 2] No such file"
     )
+
+
+def test_help_documents_every_option_under_the_harness_heading(pytester):
+    """`pytest --help` is where users read what a harness option does and its default."""
+    text = "\n".join(pytester.runpytest("--help", "-p", "no:cacheprovider").outlines)
+    section = text[text.index("ac-harness test tiers (active with `harness = true` in the ini file):") :]
+    section = " ".join(section[: section.index("\n\n")].split())
+    for option in ("--tier=TIER", "--dist-timeout=SECONDS", "--harness-seed=INT", "--gpu-range=LO-HI"):
+        described = section.split(option, 1)[1].split(" --", 1)[0].strip()
+        assert len(described) > 20, f"{option} has no help text: {described!r}"
+    assert f"with INT before each tiered test (default {seeding.DEFAULT_SEED})" in section
+    assert "write each executed test's duration" in section and "write every tiered test id" in section

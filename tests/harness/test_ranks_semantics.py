@@ -297,6 +297,24 @@ def test_misspelled_harness_marker_is_an_error_without_strict_markers(pytester):
     result.stderr.fnmatch_lines(["*unknown marker 'world_sizes'; did you mean 'world_size'?*"])
 
 
+def test_a_projects_own_markers_that_resemble_harness_markers_are_left_alone(pytester):
+    """Only near-certain typos are errors: `tiered`, `isolation` and `world` are someone's own markers."""
+    pytester.makepyfile(
+        test_own="""
+        import pytest
+
+        @pytest.mark.tiered
+        @pytest.mark.isolation
+        @pytest.mark.world
+        def test_x():
+            pass
+        """
+    )
+    pytester.runpytest(
+        "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestUnknownMarkWarning"
+    ).assert_outcomes(passed=1)
+
+
 def test_stale_log_folders_of_killed_runs_are_removed(tmp_path, monkeypatch):
     import tempfile
 
