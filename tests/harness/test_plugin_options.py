@@ -120,6 +120,18 @@ def test_an_unreadable_quarantine_list_stops_the_run_naming_it(pytester, eight_f
     )
 
 
+def test_the_quarantine_list_is_found_next_to_the_ini_file_not_the_rootdir(pytester, eight_fake_gpus):
+    ini = pytester.mkdir("config") / "pytest.ini"
+    ini.write_text("[pytest]\nharness = true\nharness_quarantine = quarantine.toml\n")
+    (ini.parent / "quarantine.toml").write_text("ready_after = 0\n")
+    pytester.makepyfile(test_x="def test_x(tier):\n    pass\n")
+    result = pytester.runpytest("-c", str(ini), "--rootdir", str(pytester.path), "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines[0].startswith(f"ERROR: quarantine list {ini.parent / 'quarantine.toml'}: "), (
+        result.stderr
+    )
+
+
 def test_help_documents_every_option_under_the_harness_heading(pytester):
     """`pytest --help` is where users read what a harness option does and its default."""
     text = "\n".join(pytester.runpytest("--help", "-p", "no:cacheprovider").outlines)
