@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
-from pathlib import Path
 
-_PACKAGE = str(Path(__file__).resolve().parent)
+_PACKAGE = os.path.dirname(os.path.realpath(__file__)) + os.sep  # not a sibling named ac_*
 
 
 def warn_at_caller(message: str) -> None:
@@ -15,7 +15,7 @@ def warn_at_caller(message: str) -> None:
     refactor and under tools that wrap functions in frames of their own."""
     frame, level, outermost = sys._getframe(0), 1, 1
     while frame is not None:
-        if str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
+        if os.path.realpath(frame.f_code.co_filename).startswith(_PACKAGE):
             outermost = level
         frame, level = frame.f_back, level + 1
     warnings.warn(message, UserWarning, stacklevel=outermost + 1)

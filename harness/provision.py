@@ -66,15 +66,16 @@ def unmet(reqs: list[Requirement], version_of=installed_version) -> dict[str, st
 def main(install: bool, reqs: list[Requirement] | None = None, version_of=installed_version) -> int:
     reqs = requirements() if reqs is None else reqs
     torch = next(r for r in reqs if r.name == "torch")
+    others = [r for r in reqs if r.name != "torch"]
     torch_version = version_of("torch")
-    if torch_version is None or not torch.specifier.contains(torch_version.split("+")[0], prereleases=True):
+    if unmet([torch], version_of):
         print(
             f"provision: this interpreter ({sys.executable}) has torch {torch_version or 'missing'}; the tests need "
             f"{torch} (pyproject.toml). Install a torch build for this host; it is never replaced here.",
             file=sys.stderr,
         )
         return 2
-    missing = {spec: have for spec, have in unmet(reqs, version_of).items() if not spec.startswith("torch")}
+    missing = unmet(others, version_of)
     if missing and install:
         print(f"provision: installing what this interpreter lacks: {', '.join(missing)}", flush=True)
         pip = [
@@ -92,9 +93,7 @@ def main(install: bool, reqs: list[Requirement] | None = None, version_of=instal
         if subprocess.run(pip, check=False).returncode != 0:
             print("provision: could not install them (no package index reachable?)", file=sys.stderr)
         importlib.invalidate_caches()
-        missing = {
-            spec: have for spec, have in unmet(reqs, version_of).items() if not spec.startswith("torch")
-        }
+        missing = unmet(others, version_of)
     essential = [spec for spec in missing if Requirement(spec).name in ESSENTIAL]
     if essential:
         print(f"provision: cannot run the tests without {', '.join(essential)}", file=sys.stderr)
