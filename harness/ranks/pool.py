@@ -209,6 +209,8 @@ class RankPool:
     def run(self, call: Call, echo: Echo | None = None) -> RunResult:
         """Run `call` in every rank; the first failure ends the wait after a short grace.
 
+        A rank that failed is stopped at once, which ends the wait early on gloo.
+
         With `echo`, each rank's output is handed over line by line while it runs
         (pytest -s) instead of being collected for the report.
         """
@@ -243,8 +245,9 @@ class RankPool:
                     if report is None:
                         continue
                     reports[rank] = report
-                    if report.outcome in (FAILED, CRASHED) and failed_at is None:
-                        failed_at = time.monotonic()
+                    if report.outcome in (FAILED, CRASHED):
+                        failed_at = failed_at or time.monotonic()
+                        self._stop(rank)
         except BaseException as interrupt:
             # pytest-timeout (or anything else) ended the wait: show where every rank was.
             self.broken = True
@@ -308,6 +311,12 @@ class RankPool:
             return None
         proc.join()
         return exit_report(rank, proc.exitcode, self._read_log(rank, 0, _LOG_TAIL_BYTES), time.time())
+
+    def _stop(self, rank: int) -> None:
+        """End a rank that failed: the pool is replaced after this test anyway, and peers
+        blocked on it in a gloo collective then fail at once (knock-on) instead of at the grace."""
+        with contextlib.suppress(ProcessLookupError):
+            self.procs[rank].kill()
 
     def _dump_stacks(self, reports: dict[int, RankReport]) -> None:
         """Ask each unfinished rank for its Python stack (faulthandler answers even inside a blocked collective)."""

@@ -165,6 +165,8 @@ def test_faults_and_recovery(pytester, tmp_path):
 
     raised = _section(out, "test_one_rank_raises")
     assert raised.startswith("rank 1 of 2 failed") and "ValueError: boom from rank one" in raised
+    # The failed rank is stopped, so its peer leaves the barrier as a knock-on failure at once.
+    assert raised.index("knock-on") < raised.index("rank 0 of 2 failed") < raised.index("dist.barrier()")
 
     knock = _section(out, "test_knock_on_follows_cause")
     assert knock.startswith("rank 1 of 2 failed") and "root cause in rank one" in knock
