@@ -1,3 +1,8 @@
+# Imported here, not first by an inner run: pytester drops the modules an inner run
+# imported, and with this one goes its forkserver, so every inner run with ranks would
+# start a new one that imports torch again.
+import multiprocessing.forkserver  # noqa: F401
+
 import pytest
 
 
