@@ -194,16 +194,14 @@ class RankPool:
                     f"ranks {sorted(waiting)} did not join the process group in {self.timeout_s:g}s"
                 )
             for rank in list(waiting):
-                if self.conns[rank].poll():
-                    kind, detail = self.conns[rank].recv()
+                message = self._receive(rank)
+                if message is not None:
+                    kind, detail = message
                     if kind != "ready":
                         raise PoolStartError(f"rank {rank} failed to start:\n{detail}")
                     waiting.discard(rank)
                 elif not self.procs[rank].is_alive():
-                    report = exit_report(
-                        rank, self.procs[rank].exitcode, self._read_log(rank, 0, _LOG_TAIL_BYTES), time.time()
-                    )
-                    raise PoolStartError(f"rank {rank} {report.text}")
+                    raise PoolStartError(f"rank {rank} {self._exit_report(rank).text}")
         self.ready = True
 
     def run(self, call: Call, echo: Echo | None = None) -> RunResult:
@@ -300,17 +298,23 @@ class RankPool:
                 echoed[rank] += len(text.encode())
                 echo(rank, text)
 
-    def _collect(self, rank: int) -> RankReport | None:
-        conn, proc = self.conns[rank], self.procs[rank]
-        try:
-            if conn.poll():
-                return conn.recv()[1]
-        except (EOFError, OSError):
-            pass
-        if proc.is_alive():
-            return None
+    def _receive(self, rank: int) -> tuple | None:
+        """The rank's next message; None while it has none, and once its end of the pipe closed."""
+        with contextlib.suppress(EOFError, OSError):
+            if self.conns[rank].poll():
+                return self.conns[rank].recv()
+        return None
+
+    def _exit_report(self, rank: int) -> RankReport:
+        proc = self.procs[rank]
         proc.join()
         return exit_report(rank, proc.exitcode, self._read_log(rank, 0, _LOG_TAIL_BYTES), time.time())
+
+    def _collect(self, rank: int) -> RankReport | None:
+        message = self._receive(rank)
+        if message is not None:
+            return message[1]
+        return None if self.procs[rank].is_alive() else self._exit_report(rank)
 
     def _stop(self, rank: int) -> None:
         """End a rank that failed: the pool is replaced after this test anyway, and peers

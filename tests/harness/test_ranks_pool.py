@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
-from harness.ranks.pool import PoolKey, PoolRegistry, RankPool, _without_watcher
+from harness.ranks.pool import PoolKey, PoolRegistry, PoolStartError, RankPool, _without_watcher, rank_context
 from harness.ranks.results import PASSED, RUNNING, RankReport
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
@@ -200,3 +203,27 @@ def test_an_interrupted_run_closes_its_pool():
     with pytest.raises(KeyboardInterrupt):
         registry.run(_key(2), call=None)
     assert registry.started[0].closed and not registry.pools
+
+
+def _starting(key: PoolKey) -> RankPool:
+    return RankPool(key, rank_context(), timeout_s=20, grace_s=2)
+
+
+def test_a_rank_that_cannot_join_fails_the_start_naming_the_rank_and_torchs_error():
+    pool = _starting(PoolKey(1, "cpu", "no-such-backend"))
+    try:
+        with pytest.raises(PoolStartError, match=r"^rank 0 failed to start:\n(.|\n)*no-such-backend"):
+            pool.wait_ready()
+    finally:
+        pool.close()
+
+
+def test_a_rank_that_dies_before_joining_fails_the_start_naming_its_signal():
+    pool = _starting(PoolKey(2, "cpu", "gloo"))
+    try:
+        # Rank 0 cannot join without rank 1, so the start fails on rank 1's death, not a timeout.
+        os.kill(pool.procs[1].pid, signal.SIGKILL)
+        with pytest.raises(PoolStartError, match=r"^rank 1 killed by SIGKILL \(exit code -9\)"):
+            pool.wait_ready()
+    finally:
+        pool.close()
