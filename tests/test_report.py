@@ -56,8 +56,9 @@ def test_matched_budget_is_the_share_of_no_ac_memory():
 def test_toy_report_reproduces_reference_and_writes_json(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sweep, "WARMUP_STEPS", 0)  # one timed step per mode keeps the test quick
     monkeypatch.setattr(sweep, "TIMED_STEPS", 1)
-    assert main(["report", "--models", "toy", "--device", "cpu", "--no-plot", "--out", str(tmp_path)]) == 0
+    assert main(["report", "--models", "toy", "--device", "cpu", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "ac-report.json").read_text())
+    assert (tmp_path / "ac-report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = {r["mode"]: r for r in data["models"]["toy"]["rows"]}
     assert list(rows) == [*MODES, "budget@op", "budget@layer-2"]
     for mode, want in REFERENCE.items():
@@ -66,7 +67,10 @@ def test_toy_report_reproduces_reference_and_writes_json(tmp_path, capsys, monke
     assert all(r["grads_equal"] for r in rows.values())
     assert all(r["step_ms"] > 0 for r in rows.values())
     assert data["models"]["toy"]["time_pareto"]
-    assert rows["budget@op"]["recompute_pct"] <= rows["op"]["recompute_pct"]
+    for matched in sweep.MATCHED:  # a budget matched to a mode holds what it held, for no more recompute
+        budget = rows[f"budget@{matched}"]
+        assert budget["activation_bytes"] <= rows[matched]["activation_bytes"], matched
+        assert budget["recompute_pct"] <= rows[matched]["recompute_pct"], matched
     out, err = capsys.readouterr()
     assert "### toy" in out and "| budget-0.5 *" in out
     assert err.count("\n") == len(rows) + 1 and "toy        step times" in err
@@ -203,3 +207,10 @@ def test_table_adds_the_allocators_figures_on_cuda():
         "| full *† | 1.1 | 9.1 | 33.3 | 1.000 | 25 | 3.000 | yes | 12.50 | 125 | 3.000 | 5.000 |",
         "| op compiled | n/a | n/a | n/a | 2.000 | 50 | n/a | no | 8.00 | 80 | 3.000 | 5.000 |",
     ]
+
+
+def test_a_cuda_report_says_under_which_settings_gradients_were_compared(monkeypatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    cuda, cpu = report.grads_compared(torch.device("cuda")), report.grads_compared(torch.device("cpu"))
+    settings = ", both under torch.use_deterministic_algorithms(True) with CUBLAS_WORKSPACE_CONFIG=:4096:8;"
+    assert settings in cuda and cuda.replace(settings, ";") == cpu
