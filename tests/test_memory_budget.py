@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import random
 
@@ -476,3 +477,36 @@ def test_block_keywords_named_like_the_wrappers_parameters_reach_the_block(confi
     x = torch.ones(2, requires_grad=True)
     model.layers[0](x, block=1, plan=2, options=3).sum().backward()
     assert torch.equal(x.grad, torch.full((2,), 2.0))
+
+
+class _TableBlock(nn.Module):
+    """A block called with a row count only: no tensor argument to take a device from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(8, 16))
+        self.proj = nn.Linear(16, 16)
+
+    def forward(self, rows: int) -> torch.Tensor:
+        return torch.tanh(self.proj(self.table[:rows]))
+
+
+class _Tables(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([_TableBlock(), _TableBlock()])
+
+    def forward(self, rows: int) -> torch.Tensor:
+        return sum(layer(rows) for layer in self.layers).sum()
+
+
+@pytest.mark.tiers("cpu")
+def test_a_block_called_without_tensors_is_timed_planned_and_keeps_its_gradients():
+    torch.manual_seed(0)
+    reference = _Tables()
+    model = copy.deepcopy(reference)
+    apply_ac(model, ACConfig(mode="memory_budget", memory_budget=0.5))
+    reference(6).backward()
+    model(6).backward()
+    for (name, want), got in zip(reference.named_parameters(), model.parameters(), strict=True):
+        assert torch.equal(got.grad, want.grad), name
