@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 
 import pytest
@@ -66,3 +67,11 @@ def test_toy_gradients_match_no_ac(tier, name):
     tier.assert_grads_match(reference, model)
     rtol, atol = tier.tolerances()
     torch.testing.assert_close(inputs[1].grad, inputs[0].grad, rtol=rtol, atol=atol)
+
+
+def test_early_stop_is_passed_on_and_ends_the_recompute_at_the_last_tensor_backward_needs(tier):
+    """Full AC recomputes the whole block without early stop; with it (torch.utils.checkpoint's default), the
+    block's last matmul, whose output backward never reads, is not run again."""
+    stopped = _measure_toy(tier, dataclasses.replace(MODES["full"], early_stop=True))[0]
+    complete = _measure_toy(tier, dataclasses.replace(MODES["full"], early_stop=False))[0]
+    assert stopped < complete == REFERENCE["full"][0], (stopped, complete)
