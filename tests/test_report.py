@@ -214,3 +214,11 @@ def test_a_cuda_report_says_under_which_settings_gradients_were_compared(monkeyp
     cuda, cpu = report.grads_compared(torch.device("cuda")), report.grads_compared(torch.device("cpu"))
     settings = ", both under torch.use_deterministic_algorithms(True) with CUBLAS_WORKSPACE_CONFIG=:4096:8;"
     assert settings in cuda and cuda.replace(settings, ";") == cpu
+
+
+def test_auto_compiles_with_inductor_on_cuda_only_and_none_never():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert report.compile_backend_for("auto", cuda) == "inductor"
+    assert report.compile_backend_for("auto", cpu) is None
+    assert report.compile_backend_for("none", cuda) is None
+    assert report.compile_backend_for("aot_eager", cpu) == "aot_eager"

@@ -142,3 +142,29 @@ def test_help_documents_every_option_under_the_harness_heading(pytester):
         assert len(described) > 20, f"{option} has no help text: {described!r}"
     assert f"with INT before each tiered test (default {seeding.DEFAULT_SEED})" in section
     assert "write each executed test's duration" in section and "write every tiered test id" in section
+
+
+class _XdistConfig:
+    """What the controller check reads of a config: a worker has `workerinput`; `dist` is xdist's mode."""
+
+    def __init__(self, dist: str, worker: bool) -> None:
+        self.dist = dist
+        if worker:
+            self.workerinput = {"workerid": "gw0", "workercount": 2}
+
+    def getoption(self, name: str, default: object = None) -> object:
+        return self.dist if name == "dist" else default
+
+
+def test_only_the_xdist_controller_is_taken_for_one():
+    assert plugin._xdist_controller(_XdistConfig("load", worker=False))
+    assert not plugin._xdist_controller(_XdistConfig("load", worker=True))
+    assert not plugin._xdist_controller(_XdistConfig("no", worker=False))
+
+
+def test_world_size_tests_run_in_ranks_without_xdist_loaded(pytester):
+    pytester.makepyfile(
+        test_x="import pytest, torch.distributed as dist\n\n"
+        "@pytest.mark.world_size(2)\ndef test_ranks():\n    assert dist.get_world_size() == 2\n"
+    )
+    pytester.runpytest("--tier", "cpu", "-p", "no:xdist", "-p", "no:cacheprovider").assert_outcomes(passed=1)

@@ -167,6 +167,20 @@ def rank_module(tmp_path, monkeypatch):
     sys.modules.pop("rank_bodies_selftest", None)
 
 
+def test_a_rank_puts_only_the_import_paths_it_lacks_in_front_of_its_own(rank_module):
+    before = list(sys.path)
+    call = replace(
+        CALL,
+        module="rank_bodies_selftest",
+        path=str(rank_module),
+        name="test_function",
+        funcargs=pickle.dumps({}),
+        sys_path=(before[0], str(rank_module.parent)),
+    )
+    resolve(call)
+    assert sys.path == [str(rank_module.parent), *before]
+
+
 def test_a_rank_resolves_functions_and_methods_with_the_instance_pytest_set_up(rank_module):
     function_call = replace(
         CALL,

@@ -121,8 +121,9 @@ def test_a_long_log_keeps_its_end_and_says_how_much_was_cut(logs):
 
 
 def test_every_rank_stack_drops_the_owner_watch_thread():
-    dump = 'Thread 1:\n  File "w.py", line 3 in _watch_owner\n\nThread 2 (most recent call first):\n  File "t.py"'
-    assert _without_watcher(dump) == 'Thread 2 (most recent call first):\n  File "t.py"'
+    main, other = 'Current thread 1 (most recent call first):\n  File "t.py"', 'Thread 3:\n  File "u.py"'
+    dump = f'{main}\n\nThread 2:\n  File "w.py", line 3 in _watch_owner\n\n{other}'
+    assert _without_watcher(dump) == f"{main}\n\n{other}"
 
 
 class _Ranks:

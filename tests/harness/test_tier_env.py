@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import devices, tiers
+from harness import devices, measure, tiers
 from harness.env import TierEnv
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
@@ -68,3 +68,20 @@ def test_cuda_measures_skip_under_fake_gpus_and_fail_on_the_cpu_tier(monkeypatch
         with pytest.raises(RuntimeError) as error:
             getattr(env, measure)(lambda: None)
         assert str(error.value) == f"{measure} needs a CUDA tier; this is tier {env.name!r} on cpu"
+
+
+def _with_grads(*grads: float) -> torch.nn.Module:
+    model = torch.nn.Linear(len(grads), 1, bias=False)
+    model.weight.grad = torch.tensor([grads])
+    return model
+
+
+def test_grads_compare_bitwise_only_when_both_tolerances_are_zero():
+    exact, near = _with_grads(1.0, 2.0), _with_grads(1.0, 2.5)
+    measure.assert_grads_match(exact, _with_grads(1.0, 2.0))
+    with pytest.raises(AssertionError, match=r"weight: gradients are not bitwise equal \(max abs diff 0.5\)"):
+        measure.assert_grads_match(exact, near)
+    measure.assert_grads_match(exact, near, rtol=0.0, atol=1.0)
+    measure.assert_grads_match(exact, near, rtol=0.25, atol=0.0)
+    with pytest.raises(AssertionError, match="weight: Tensor-likes are not close"):
+        measure.assert_grads_match(exact, near, rtol=0.0, atol=0.1)
