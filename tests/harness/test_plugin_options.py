@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import pytest
@@ -142,6 +143,14 @@ def test_help_documents_every_option_under_the_harness_heading(pytester):
         assert len(described) > 20, f"{option} has no help text: {described!r}"
     assert f"with INT before each tiered test (default {seeding.DEFAULT_SEED})" in section
     assert "write each executed test's duration" in section and "write every tiered test id" in section
+
+
+def test_each_part_of_the_harness_is_listed_by_name_in_the_trace_config(pytester):
+    """`--trace-config` is where a user looks for which plugins took part in a run."""
+    pytester.makepyfile(test_x="def test_x(tier):\n    pass\n")
+    text = pytester.runpytest("--trace-config", "--tier", "cpu", "-p", "no:cacheprovider").stdout.str()
+    for part in ("harness-tiers", "harness-ranks", "harness-reporting", "harness-summary"):
+        assert re.search(rf"^    {part}\s+: <harness\.", text, re.M), part
 
 
 class _XdistConfig:

@@ -214,6 +214,8 @@ def test_pooled_ranks_start_clean_and_keep_pytest_semantics(pytester, tmp_path):
     assert "FutureWarning: an old api" in out and "RuntimeWarning: marked as an error" in out
     assert "secret_local = 'shown-with-l'" in out
     assert "UserWarning: a rank warning for the summary" in out
+    # Both ranks warn alike: the summary shows it once, as for one process.
+    assert out.count("test_sem.py::test_warning_reaches_the_summary[ws2-cpu]\n") == 1, out
     assert "PytestReturnNotNoneWarning" in out and "returned a int" in out
     assert "RankPoolReplaced" in out and "left a collective unmatched" in out
     assert f"test_sem.py:{_line(written, 'skipped in every rank')}: skipped in every rank" in out
