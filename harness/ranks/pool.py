@@ -212,11 +212,7 @@ class RankPool:
         With `echo`, each rank's output is handed over line by line while it runs
         (pytest -s) instead of being collected for the report.
         """
-        try:
-            self.wait_ready()
-        except PoolStartError:
-            self.broken = True
-            raise
+        self.wait_ready()  # a start error reaches the registry, which replaces the pool
         size = self.key.world_size
         self._truncate_logs()
         echoed = [0] * size

@@ -38,6 +38,9 @@ def test_values_reach_ranks(scale, token, world_size):
     assert os.environ["RANK"] == os.environ["LOCAL_RANK"] == str(dist.get_rank())
     assert os.environ["WORLD_SIZE"] == str(world_size) and int(os.environ["MASTER_PORT"]) > 0
     assert os.environ["SELFTEST_FROM_FIXTURE"] == "yes"
+    # Collectives time out (at 0.8x --dist-timeout) before the harness gives up on the ranks.
+    group = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
+    assert group.options._timeout.total_seconds() == pytest.approx(0.8 * {dist_timeout})
     total = torch.tensor([scale * token["value"]])
     dist.all_reduce(total)
     assert total.item() == scale * 41 * world_size
@@ -159,7 +162,7 @@ def test_faults_and_recovery(pytester, tmp_path):
     """One inner run over every fault: rank start-up is the cost, so the faults share it."""
     pids = tmp_path / "pids"
     pids.mkdir()
-    pytester.makepyfile(test_bodies=BODIES.format(pids=str(pids)))
+    pytester.makepyfile(test_bodies=BODIES.format(pids=str(pids), dist_timeout=DIST_TIMEOUT))
     result = pytester.runpytest("--tier", "cpu", "--dist-timeout", DIST_TIMEOUT, "-p", "no:cacheprovider")
     out = result.stdout.str()
     result.assert_outcomes(passed=8, failed=10, skipped=1)
