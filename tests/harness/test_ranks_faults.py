@@ -195,6 +195,9 @@ def test_faults_and_recovery(pytester, tmp_path):
     assert len(re.findall(r"line \d+ in test_pytest_timeout_shows_rank_stacks", interrupted)) == 2, (
         interrupted
     )
+    assert re.search(r"still running:\nE +rank 0 of 2:\n(.|\n)*\nE +\nE +rank 1 of 2:\n", interrupted), (
+        interrupted
+    )
 
     explained = _section(out, "test_assert_is_explained")
     assert "assert 11 == 10" in explained
