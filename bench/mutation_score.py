@@ -81,11 +81,21 @@ def selected(name: str, patterns: list[str]) -> bool:
     return not patterns or any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
 
 
-def verdicts(folders: list[Path], select: list[str]) -> dict[str, str]:
+def left_out() -> list[str]:
+    """`[tool.mutmut] do_not_mutate`: mutmut keeps the results of a file that was mutated
+    before it was listed there, so they are skipped here rather than trusted."""
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]["do_not_mutate"]
+
+
+def verdicts(folders: list[Path], select: list[str], skip: list[str] | None = None) -> dict[str, str]:
     """Every selected mutant's status, by name, from mutmut's per-file `.meta` records."""
+    skip = left_out() if skip is None else skip
     found: dict[str, str] = {}
     for folder in folders:
         for meta in sorted(folder.rglob("*.py.meta")):
+            source = meta.relative_to(folder).with_suffix("")
+            if any(source.match(pattern) for pattern in skip):
+                continue
             for name, exit_code in json.loads(meta.read_text())["exit_code_by_key"].items():
                 if not selected(name, select):
                     continue

@@ -189,3 +189,13 @@ def test_every_mutated_module_is_run_by_exactly_one_shard():
         mutant = module + ".x_f__mutmut_1"  # mutmut names a package's mutants after the package
         owners = [shard for shard in patterns if any(fnmatch.fnmatch(mutant, p) for p in shard)]
         assert len(owners) == 1, f"{relative} is run by {len(owners)} shards of mutate.yml: {owners}"
+
+
+def test_results_left_from_a_module_no_longer_mutated_are_not_scored(tmp_path, capsys):
+    mutants = _mutants(
+        tmp_path, {"harness.tiers.x_a__mutmut_1": KILLED, "harness.provision.x_b__mutmut_1": 0}
+    )
+    assert set(score.verdicts([mutants], [], skip=["harness/provision.py"])) == {
+        "harness.tiers.x_a__mutmut_1"
+    }
+    assert "harness/provision.py" in score.left_out()  # what the project leaves out, read from pyproject
