@@ -14,6 +14,7 @@ from harness.__main__ import main
 from harness.models.toy import FLOP_UNIT, REFERENCE
 from harness.modes import MODES
 from harness.units import MIB
+from tests.documented import quoted_help, unwrapped
 
 pytestmark = pytest.mark.tiers("cpu")
 
@@ -222,3 +223,10 @@ def test_auto_compiles_with_inductor_on_cuda_only_and_none_never():
     assert report.compile_backend_for("auto", cpu) is None
     assert report.compile_backend_for("none", cuda) is None
     assert report.compile_backend_for("aot_eager", cpu) == "aot_eager"
+
+
+def test_report_help_is_what_the_docs_quote(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", "--help"])
+    assert exit_.value.code == 0
+    assert unwrapped(capsys.readouterr().out) == unwrapped(quoted_help("python -m harness report --help"))
