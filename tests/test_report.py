@@ -230,3 +230,15 @@ def test_report_help_is_what_the_docs_quote(capsys):
         main(["report", "--help"])
     assert exit_.value.code == 0
     assert unwrapped(capsys.readouterr().out) == unwrapped(quoted_help("python -m harness report --help"))
+
+
+def test_auto_measures_on_cuda_where_there_is_one_and_cuda_elsewhere_is_refused():
+    has_cuda = torch.cuda.is_available()
+    assert sweep.device_for("cpu") == torch.device("cpu")
+    assert sweep.device_for("auto") == torch.device("cuda" if has_cuda else "cpu")
+    if has_cuda:
+        assert sweep.device_for("cuda") == torch.device("cuda")
+    else:
+        refused = r"^--device cuda: this machine has no CUDA device; use --device cpu or auto$"
+        with pytest.raises(ValueError, match=refused):
+            sweep.device_for("cuda")
