@@ -155,24 +155,17 @@ def test_each_part_of_the_harness_is_listed_by_name_in_the_trace_config(pytester
 class _XdistConfig:
     """What the controller check reads of a config: a worker has `workerinput`; `dist` is xdist's mode."""
 
-    def __init__(self, dist: str, worker: bool) -> None:
-        self.dist = dist
+    def __init__(self, dist: str | None, worker: bool) -> None:
+        self.dist = dist  # None: xdist is not loaded, so there is no such option
         if worker:
             self.workerinput = {"workerid": "gw0", "workercount": 2}
 
     def getoption(self, name: str, default: object = None) -> object:
-        return self.dist if name == "dist" else default
+        return self.dist if name == "dist" and self.dist is not None else default
 
 
 def test_only_the_xdist_controller_is_taken_for_one():
     assert plugin._xdist_controller(_XdistConfig("load", worker=False))
     assert not plugin._xdist_controller(_XdistConfig("load", worker=True))
     assert not plugin._xdist_controller(_XdistConfig("no", worker=False))
-
-
-def test_world_size_tests_run_in_ranks_without_xdist_loaded(pytester):
-    pytester.makepyfile(
-        test_x="import pytest, torch.distributed as dist\n\n"
-        "@pytest.mark.world_size(2)\ndef test_ranks():\n    assert dist.get_world_size() == 2\n"
-    )
-    pytester.runpytest("--tier", "cpu", "-p", "no:xdist", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert not plugin._xdist_controller(_XdistConfig(None, worker=False))  # -p no:xdist
