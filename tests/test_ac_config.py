@@ -102,7 +102,11 @@ def test_budget_edges_are_allowed():
 
 
 def test_missing_block_container_is_named():
-    with pytest.raises(ValueError, match=r"no block container 'blocks'"):
+    named = (
+        r"^model ToyModel has no block container 'blocks'; pass blocks=<attribute path> naming its "
+        r"ModuleList, ModuleDict or Sequential of blocks$"
+    )
+    with pytest.raises(ValueError, match=named):
         apply_ac(ToyModel(), ACConfig(mode="full"), blocks="blocks")
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ac import ACConfig, apply_ac
+from ac.budget import costs
 from harness.models import moe
 from harness.modes import MODES as NAMED_MODES
 
@@ -43,6 +44,9 @@ WRAPPER_PREFIX = "_checkpoint_wrapped_module."
 TOLERANCES = {"cpu": {"rtol": 1e-5, "atol": 1e-6}, "cuda": {"rtol": 1e-4, "atol": 1e-5}}
 
 multi_rank = pytest.mark.world_size(SIZES, cpu=2)
+FIXED_COSTS = costs.DeviceCosts(
+    flops_per_s=1e11, op_s=1e-5, sac_dispatch_s=4e-5, region_s=1e-4, op_times=False
+)
 
 
 def _args(world_size: int, dropout: float = 0.0) -> moe.MoEArgs:
@@ -143,9 +147,12 @@ def _flops(model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> tup
 
 @multi_rank
 @pytest.mark.parametrize("mode", list(MODES))
-def test_recompute_per_rank_matches_single_device(tier, world_size, mode):
+def test_recompute_per_rank_matches_single_device(tier, world_size, mode, monkeypatch):
     """FlopCounterMode counts only matmul/bmm/SDPA-like ops, none of which FSDP adds (its collectives
-    and gradient division count zero), so per-op totals are compared exactly."""
+    and gradient division count zero), so per-op totals are compared exactly. A budget prices its
+    plans with the device's measured costs, which vary between two measurements: here both models
+    get the same fixed ones."""
+    monkeypatch.setattr(costs, "measure", lambda device: FIXED_COSTS)
     args, device = _args(world_size), tier.device
     tokens, targets = moe.batch(args, device=device)
     mine = _rank_slice(dist.get_rank())

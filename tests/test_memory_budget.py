@@ -459,6 +459,27 @@ def test_blocks_of_one_structure_share_a_budget_and_others_do_not(monkeypatch):
     assert solved == [2, 1]
 
 
+@pytest.mark.tiers("cpu")
+def test_without_grad_a_block_runs_as_it_is_keywords_included():
+    block, x = _Affine(), torch.randn(4, 8)
+    with torch.no_grad():
+        assert torch.equal(BudgetCheckpoint(0.5)(block, x, scale=2.0), block(x, scale=2.0))
+
+
+@pytest.mark.tiers("cpu")
+@pytest.mark.parametrize("name", MODELS)
+def test_eager_plans_price_each_op_at_the_time_it_took(name):
+    """Eager recompute costs wall time, so its plans weigh ops by a timed real forward; fake
+    tensors' metadata queries and the real run's detaching of saved outputs must not stop that."""
+    built = MODELS[name](torch.device("cpu"))
+    block, x = built.model.layers["0"], built.block_input().detach().requires_grad_()
+    checkpoint_fn = BudgetCheckpoint(0.5)
+    checkpoint_fn(block, x).sum().backward()
+    (profile,) = checkpoint_fn.profiles._profiles.values()
+    untimed = [op for op in profile.ops if op.flops and not op.seconds]
+    assert profile.flops and not untimed, untimed
+
+
 class _Named(nn.Module):
     """Takes keywords named as the checkpoint functions' own parameters."""
 

@@ -34,14 +34,15 @@ class DeviceCosts:
     op_s: float  # one small eager op, dispatch included
     sac_dispatch_s: float  # extra per op under SAC: forward (caching) plus recompute (cached)
     region_s: float  # one checkpointed region: its wrapper in forward and its recompute set-up
+    op_times: bool = True  # price an op at the time it took in a timed forward, where it has one
 
     def recompute_s(self, ops: Iterable[OpCost]) -> float:
         """Seconds to run these ops again: as timed where they were, else from flops."""
-        return sum((op.seconds or op.flops / self.flops_per_s) + self.op_s for op in ops)
+        return sum(((self.op_times and op.seconds) or op.flops / self.flops_per_s) + self.op_s for op in ops)
 
 
 # Compiled regions: a dispatch mode only tags the graph, ops fuse; flops decide.
-COMPILED = DeviceCosts(flops_per_s=1e12, op_s=0.0, sac_dispatch_s=0.0, region_s=0.0)
+COMPILED = DeviceCosts(flops_per_s=1e12, op_s=0.0, sac_dispatch_s=0.0, region_s=0.0, op_times=False)
 
 
 def _median_s(fn: Callable[[], object], device: torch.device) -> float:

@@ -95,6 +95,8 @@ class _Recorder(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if func.namespace == "prim":  # metadata queries fake tensors dispatch (prim.device): no kernel
+            return out
         formula = flop_registry.get(func.overloadpacket)
         flops = formula(*args, **kwargs, out_val=out) if formula is not None else 0
         cost = OpCost(
@@ -149,17 +151,27 @@ def profile_block(
             profile = _record(block, real_args, real_kwargs)
         if not timed:
             return profile
-        seconds = _op_seconds(block, args, kwargs)
-    if len(seconds) != len(profile.ops):  # the real run took another path: price by flops
-        return profile
-    ops = tuple(dataclasses.replace(op, seconds=s) for op, s in zip(profile.ops, seconds, strict=True))
-    return dataclasses.replace(profile, ops=ops)
+        ops = _timed(profile.ops, _op_times(block, args, kwargs))
+    return profile if ops is None else dataclasses.replace(profile, ops=ops)
+
+
+def _timed(ops: tuple[OpCost, ...], run: list[tuple[Any, float]]) -> tuple[OpCost, ...] | None:
+    """The profiled ops with the time each took in the real run, matched in order. Ops only
+    the real run dispatches (autograd detaching the outputs it saves) are passed over; None
+    when a profiled op never ran, as the real run took another path: priced by flops then."""
+    times, timed = iter(run), []
+    for op in ops:
+        seconds = next((took for func, took in times if func == op.op), None)
+        if seconds is None:
+            return None
+        timed.append(dataclasses.replace(op, seconds=seconds))
+    return tuple(timed)
 
 
 class _Timer(TorchDispatchMode):
     def __init__(self, device: torch.device) -> None:
         super().__init__()
-        self.seconds: list[float] = []
+        self.times: list[tuple[Any, float]] = []
         self.cuda = device.type == "cuda"
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -169,12 +181,12 @@ class _Timer(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         if self.cuda:
             torch.cuda.synchronize()
-        self.seconds.append(time.perf_counter() - start)
+        self.times.append((func, time.perf_counter() - start))
         return out
 
 
-def _op_seconds(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[float]:
-    """Wall time of each op of one real forward; RNG streams and buffers are left as they were."""
+def _op_times(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[Any, float]]:
+    """Each op of one real forward with its wall time; RNG streams and buffers are left as they were."""
     tensors = (t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor))
     device = next((t.device for t in tensors), torch.device("cpu"))
     buffers = {name: buffer.clone() for name, buffer in block.named_buffers()}
@@ -185,7 +197,7 @@ def _op_seconds(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any])
     with torch.no_grad():
         for name, buffer in block.named_buffers():
             buffer.copy_(buffers[name])
-    return timer.seconds
+    return timer.times
 
 
 def _detached(tensor: torch.Tensor) -> torch.Tensor:
