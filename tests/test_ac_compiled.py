@@ -61,6 +61,7 @@ def _compile_every_mode() -> dict[str, Compiled]:
     return results
 
 
+@pytest.mark.compiled
 def test_compiled_modes_keep_gradients_recompute_and_memory_order():
     """One test, so xdist compiles the modes once (a module fixture would compile once per worker)."""
     compiled = _compile_every_mode()
@@ -102,6 +103,7 @@ def _inductor_step(config: ACConfig) -> nn.Module:
     return model
 
 
+@pytest.mark.compiled
 def test_inductor_memory_budget_with_dropout_matches_inductor_no_ac():
     """The one inductor test (generated code; one small block keeps its two compiles quick):
     the eager plan, run as a SAC region, replays inductor's dropout exactly."""
@@ -111,6 +113,7 @@ def test_inductor_memory_budget_with_dropout_matches_inductor_no_ac():
     measure.assert_grads_match(_inductor_step(MODES["none"]), budget, **GRAD_TOLERANCE)
 
 
+@pytest.mark.compiled
 def test_compiled_budget_without_preserved_rng_state_runs_and_stays_silent(recwarn):
     """The budget wrapper runs eagerly around compiled regions: no watching dispatch mode there,
     which compiled code refuses; compiled regions replay their random ops anyway."""

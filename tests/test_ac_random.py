@@ -261,6 +261,7 @@ def compiled_reference(fresh_dynamo) -> tuple[torch.Tensor, nn.Module]:
     return _compiled_step(None, "aot_eager_decomp_partition")
 
 
+@pytest.mark.compiled
 def test_compiled_memory_budget_keeps_dropout_gradients(compiled_reference):
     """torch's budget partitioner recomputes dropout with fresh random numbers; our plan does not."""
     config = dataclasses.replace(MODES["budget-0.5"], preserve_rng_state=True)

@@ -79,6 +79,7 @@ def test_toy_report_reproduces_reference_and_writes_json(tmp_path, capsys, monke
     assert "Gradients: every eager" in out
 
 
+@pytest.mark.compiled
 def test_compiled_rows_compare_with_compiled_no_ac(fresh_dynamo):
     device, backend = torch.device("cpu"), "aot_eager_decomp_partition"
     figures, reference = {}, None
