@@ -460,10 +460,22 @@ def test_blocks_of_one_structure_share_a_budget_and_others_do_not(monkeypatch):
 
 
 @pytest.mark.tiers("cpu")
-def test_without_grad_a_block_runs_as_it_is_keywords_included():
-    block, x = _Affine(), torch.randn(4, 8)
-    with torch.no_grad():
-        assert torch.equal(BudgetCheckpoint(0.5)(block, x, scale=2.0), block(x, scale=2.0))
+@pytest.mark.parametrize("grad", [False, True], ids=["no-grad", "budget-1"])
+def test_a_block_run_as_it_is_keeps_its_keywords(grad):
+    """Without grad, and with a budget that holds everything (no AC), the block runs as it is."""
+    block, x = _Affine(), torch.randn(4, 8, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        assert torch.equal(BudgetCheckpoint(1.0 if grad else 0.5)(block, x, scale=2.0), block(x, scale=2.0))
+
+
+@pytest.mark.tiers("cpu")
+def test_a_budget_without_preserved_rng_state_still_plans(tier):
+    """preserve_rng_state=False wraps the budget's checkpoint function to watch for random ops;
+    the budget must still decide: at 1.0 nothing is recomputed."""
+    config = ACConfig(mode="memory_budget", memory_budget=1.0, preserve_rng_state=False)
+    _, none_bw, _ = _run(tier, MODELS["toy"], ACConfig(mode="none"))
+    _, budget_bw, _ = _run(tier, MODELS["toy"], config)
+    assert budget_bw == none_bw
 
 
 @pytest.mark.tiers("cpu")
