@@ -77,6 +77,10 @@ class Package:
         return 100.0 * self.detected / self.tested if self.tested else 100.0
 
 
+def package_of(name: str) -> str:
+    return name.split(".", 1)[0]
+
+
 def selected(name: str, patterns: list[str]) -> bool:
     return not patterns or any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
 
@@ -126,7 +130,7 @@ def load_equivalent(path: Path) -> tuple[dict[str, str], dict[str, str]]:
 def tally(found: dict[str, str], equivalent: dict[str, str], outside: dict[str, str]) -> dict[str, Package]:
     packages: dict[str, Package] = {}
     for name, status in sorted(found.items()):
-        package = packages.setdefault(name.split(".", 1)[0], Package())
+        package = packages.setdefault(package_of(name), Package())
         if name in equivalent and status == "survived":
             package.equivalent += 1
             continue
@@ -184,8 +188,8 @@ def report(packages: dict[str, Package], stale: list[str]) -> tuple[str, bool]:
 def sample(found: dict[str, str], per_package: int, seed: int) -> list[str]:
     """`per_package` mutant names of each package, the same ones for the same seed and mutants."""
     rng, picked = random.Random(seed), []
-    for package in sorted({name.split(".", 1)[0] for name in found}):
-        names = sorted(name for name in found if name.split(".", 1)[0] == package)
+    for package in sorted({package_of(name) for name in found}):
+        names = sorted(name for name in found if package_of(name) == package)
         picked += sorted(rng.sample(names, min(per_package, len(names))))
     return picked
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import functools
 import statistics
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+from ac.budget.costs import timed_s
 
 Step = Callable[[], torch.Tensor]
 _WRAPPER_PREFIX = "_checkpoint_wrapped_module."
@@ -230,12 +231,7 @@ def step_times_ms(steps: dict[str, Step], device: torch.device, warmup: int, tim
     times: dict[str, list[float]] = {name: [] for name in steps}
     for round_ in range(warmup + timed):
         for name, step in steps.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            scalar_loss(step()).backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            seconds = timed_s(lambda step=step: scalar_loss(step()).backward(), device)
             if round_ >= warmup:
-                times[name].append(1e3 * (time.perf_counter() - start))
+                times[name].append(1e3 * seconds)
     return {name: statistics.median(ts) for name, ts in times.items()}

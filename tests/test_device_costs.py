@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import types
 import warnings
 from collections.abc import Iterator
 
@@ -13,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
 
 from ac.budget import costs
+from tests.fake_clock import Clock, install
 
 pytestmark = pytest.mark.tiers("cpu")
 
@@ -22,20 +22,10 @@ OP_S, SAC_S, REGION_S, FLOPS_PER_S = 3e-6, 4e-5, 5e-4, 2e12
 BACKWARD_S = 7e-5  # a plain sin-sum-backward, with or without a region around it
 
 
-class _Clock:
-    """perf_counter for `costs`: each probe advances it by what it costs on that device."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def perf_counter(self) -> float:
-        return self.now
-
-
 class _TimedMatmuls(TorchDispatchMode):
     """Matmuls cost their flops at FLOPS_PER_S on the clock; records the device they ran on."""
 
-    def __init__(self, clock: _Clock) -> None:
+    def __init__(self, clock: Clock) -> None:
         super().__init__()
         self.clock = clock
         self.devices: set[torch.device] = set()
@@ -49,9 +39,10 @@ class _TimedMatmuls(TorchDispatchMode):
 
 
 @pytest.fixture
-def clock(monkeypatch) -> Iterator[_Clock]:
-    """Probes priced by the constants above, on the meta device (nothing is computed)."""
-    clock = _Clock()
+def clock(monkeypatch) -> Iterator[Clock]:
+    """Probes priced by the constants above, on the meta device (nothing is computed); each
+    probe advances the clock by what it costs on that device."""
+    clock = install(monkeypatch)
     seen: list[tuple[str, torch.device, bool]] = []
 
     def probe(name: str, seconds: float):
@@ -61,7 +52,6 @@ def clock(monkeypatch) -> Iterator[_Clock]:
 
         return run
 
-    monkeypatch.setattr(costs, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
     monkeypatch.setattr(costs, "_tiny_ops", probe("tiny", costs._TINY_OPS * OP_S))
     monkeypatch.setattr(costs, "_under_sac", probe("sac", costs._TINY_OPS * (2 * OP_S + SAC_S)))
     monkeypatch.setattr(costs, "_regions", probe("regions", costs._REGIONS * (REGION_S + BACKWARD_S)))
@@ -95,9 +85,8 @@ def test_measured_noise_below_zero_is_priced_at_zero(monkeypatch, clock):
 
 
 def test_median_of_five_runs_is_taken(monkeypatch):
-    clock = _Clock()
+    clock = install(monkeypatch)
     durations = iter([5.0, 1.0, 3.0, 2.0, 4.0])
-    monkeypatch.setattr(costs, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
 
     def run() -> None:
         clock.now += next(durations)

@@ -68,7 +68,10 @@ def test_toy_report_reproduces_reference_and_writes_json(tmp_path, capsys, monke
     assert all(r["grads_equal"] for r in rows.values())
     assert all(r["step_ms"] > 0 for r in rows.values())
     assert data["models"]["toy"]["time_pareto"]
-    for matched in sweep.MATCHED:  # a budget matched to a mode holds what it held, for no more recompute
+    # A matched budget holds no more than its mode. Its recompute is no more either here only
+    # because on the toy both modes hold what no AC holds, so both budgets are 1.0 (no AC); in
+    # general an eager budget is priced in time and may recompute more flops for less time.
+    for matched in sweep.MATCHED:
         budget = rows[f"budget@{matched}"]
         assert budget["activation_bytes"] <= rows[matched]["activation_bytes"], matched
         assert budget["recompute_pct"] <= rows[matched]["recompute_pct"], matched

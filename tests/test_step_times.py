@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
 
 from harness import measure
+from tests.fake_clock import Clock, install
 
 pytestmark = pytest.mark.tiers("cpu")
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def perf_counter(self) -> float:
-        return self.now
-
-
-def _timed_step(clock: _Clock, name: str, seconds: list[float], calls: list[str]):
+def _timed_step(clock: Clock, name: str, seconds: list[float], calls: list[str]):
     """A step that takes the next of `seconds` on the clock, forward and backward together."""
     durations = iter(seconds)
 
@@ -33,8 +24,7 @@ def _timed_step(clock: _Clock, name: str, seconds: list[float], calls: list[str]
 
 
 def test_median_of_timed_rounds_in_ms_after_warmup_with_steps_interleaved(monkeypatch):
-    clock, calls = _Clock(), []
-    monkeypatch.setattr(measure, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    clock, calls = install(monkeypatch), []
     steps = {
         "fast": _timed_step(clock, "fast", [9.0, 9.0, 0.001, 0.004, 0.002], calls),
         "slow": _timed_step(clock, "slow", [8.0, 8.0, 0.010, 0.030, 0.020], calls),

@@ -45,17 +45,20 @@ class DeviceCosts:
 COMPILED = DeviceCosts(flops_per_s=1e12, op_s=0.0, sac_dispatch_s=0.0, region_s=0.0, op_times=False)
 
 
+def timed_s(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of `fn()` on `device`: kernels run asynchronously, so a GPU is synchronized
+    before and after, or the clock would time the launches."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def _median_s(fn: Callable[[], object], device: torch.device) -> float:
-    times = []
-    for _ in range(_REPEATS):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed_s(fn, device) for _ in range(_REPEATS))
 
 
 def _tiny_ops(x: torch.Tensor) -> None:
