@@ -98,6 +98,7 @@ class BudgetCheckpoint:
         self.compile_backend = compile_backend
         self.device_costs = device_costs
         self.profiles = ProfileCache()
+        self._plan_outside_graph = _outside_graph()
         self._solved: dict[tuple[int, int, bool], tuple[Plan, ...]] = {}
         self._by_call: dict[tuple[Any, ...], Plan] = {}
         self._regions: dict[tuple[Any, ...], Callable[..., Any]] = {}
@@ -131,7 +132,7 @@ class BudgetCheckpoint:
         options = {name: kwargs.pop(name) for name in _CHECKPOINT_OPTIONS if name in kwargs}
         if not torch.is_grad_enabled():
             return block(*args, **kwargs)
-        plan = _plan_outside_graph(self, block, args, kwargs, torch.compiler.is_compiling())
+        plan = self._plan_outside_graph(self, block, args, kwargs, torch.compiler.is_compiling())
         if self.compile_backend is None or plan.kind == NONE:
             return run_plan(plan, options, block, *args, **kwargs)
         return self._region(plan, options)(block, *args, **kwargs)
@@ -186,16 +187,23 @@ def _device(block: nn.Module, args: tuple[Any, ...]) -> torch.device:
     return torch.device("cpu")
 
 
-@torch.compiler.disable(
-    reason="memory_budget plans a block eagerly, on fake tensors; under fullgraph=True "
-    "use ACConfig(compile=True), which compiles the planned region instead"
-)
-def _plan_outside_graph(
+def _plan_eagerly(
     checkpoint_fn: BudgetCheckpoint,
     block: nn.Module,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     compiled: bool,
 ) -> Plan:
-    """Under torch.compile a graph break: the plan is made eagerly, then tracing resumes."""
     return checkpoint_fn.plan(block, *args, compiled=compiled, **kwargs)
+
+
+@functools.cache
+def _outside_graph() -> Callable[..., Plan]:
+    """`_plan_eagerly` behind a graph break: under torch.compile the plan is made eagerly,
+    then tracing resumes. Made on first use, as torch.compiler.disable imports torch._dynamo
+    (over a second on CPU), which importing `ac` and the other modes never need."""
+    return torch.compiler.disable(
+        _plan_eagerly,
+        reason="memory_budget plans a block eagerly, on fake tensors; under fullgraph=True "
+        "use ACConfig(compile=True), which compiles the planned region instead",
+    )

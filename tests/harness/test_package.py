@@ -15,8 +15,11 @@ pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
 
 ROOT = Path(__file__).resolve().parents[2]
 IMPORT_ALL = """
-import importlib, pkgutil, harness, ac
+import importlib, pkgutil, sys, harness, ac, harness.env
 assert harness.__file__.startswith({site!r}), harness.__file__
+# torch._dynamo costs over a second to import: no process pays it for importing ac or for
+# the tier fixture (every rank unpickles one), only one that compiles or plans a budget.
+assert "torch._dynamo" not in sys.modules, "importing ac or harness.env imported torch._dynamo"
 for package in (harness, ac):
     for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
         if module.name != "harness.__main__":
