@@ -11,27 +11,12 @@ from dataclasses import replace
 
 import pytest
 
-from harness.ranks.calls import Call, _pickled, execute, resolve
+from harness.ranks.calls import _pickled, execute, resolve
 from harness.ranks.results import FAILED, PASSED, RankWarning
+from tests.harness.rank_call import CALL
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
-
-CALL = Call(
-    nodeid="test_x.py::test_x",
-    module=__name__,
-    path=__file__,
-    cls=None,
-    name="test_x",
-    funcargs=b"",
-    instance_state=None,
-    sys_path=(),
-    environ={},
-    tbstyle="short",
-    showlocals=False,
-    verbosity=0,
-    seed=0,
-)
 
 
 def test_a_value_that_cannot_be_pickled_is_named_with_its_type():
@@ -139,7 +124,8 @@ def test_auto_style_is_long_in_the_test_file_and_short_elsewhere():
     def fails_in_json():
         json.loads("{")
 
-    text = execute(replace(CALL, tbstyle="auto"), fails_in_json, {}, rank=0).text
+    in_this_file = replace(CALL, module=__name__, path=__file__, tbstyle="auto")
+    text = execute(in_this_file, fails_in_json, {}, rank=0).text
     assert text.startswith('def fails_in_json():\n>       json.loads("{")\n')
     assert "decoder.py:" in text and "in raw_decode\n    obj, end = self.scan_once(s, idx)" in text
     assert "def raw_decode" not in text  # a short entry: the line only

@@ -21,7 +21,7 @@ from harness.ranks.results import (
     exit_report,
     verdict,
 )
-from tests.harness.test_ranks_calls import CALL  # a call of a test in this process
+from tests.harness.rank_call import CALL
 
 # A self-test fails within 10 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(10)]

@@ -53,21 +53,21 @@ def test_a_pinned_worker_sees_only_its_home_device(monkeypatch):
         devices.cuda_index("7")
 
 
-@pytest.mark.parametrize("measure", ["cuda_peak_bytes", "cuda_activation_bytes"])
-def test_cuda_measures_skip_under_fake_gpus_and_fail_on_the_cpu_tier(monkeypatch, measure):
+@pytest.mark.parametrize("what", ["cuda_peak_bytes", "cuda_activation_bytes"])
+def test_cuda_measures_skip_under_fake_gpus_and_fail_on_the_cpu_tier(monkeypatch, what):
     monkeypatch.setenv(devices.FAKE_GPUS_ENV, "1")
     fake = tiers.tier_env("gpu", ("fake0",))
     assert (fake.device_type, fake.backend, fake.deterministic) == ("cpu", "gloo", True)
     with pytest.raises(pytest.skip.Exception) as skipped:
-        getattr(fake, measure)(lambda: None)
-    assert skipped.value.msg == f"{measure} needs real CUDA; HARNESS_FAKE_GPUS runs tier 'gpu' on CPU"
+        getattr(fake, what)(lambda: None)
+    assert skipped.value.msg == f"{what} needs real CUDA; HARNESS_FAKE_GPUS runs tier 'gpu' on CPU"
     with pytest.raises(RuntimeError, match="needs a CUDA tier; this is tier 'cpu' on cpu"):
-        getattr(TierEnv("cpu", "cpu", "gloo"), measure)(lambda: None)  # fake GPUs or not
+        getattr(TierEnv("cpu", "cpu", "gloo"), what)(lambda: None)  # fake GPUs or not
     monkeypatch.setenv(devices.FAKE_GPUS_ENV, "0")
     for env in (TierEnv("cpu", "cpu", "gloo"), TierEnv("gpu", "cpu", "gloo", ("fake0",))):
         with pytest.raises(RuntimeError) as error:
-            getattr(env, measure)(lambda: None)
-        assert str(error.value) == f"{measure} needs a CUDA tier; this is tier {env.name!r} on cpu"
+            getattr(env, what)(lambda: None)
+        assert str(error.value) == f"{what} needs a CUDA tier; this is tier {env.name!r} on cpu"
 
 
 def _with_grads(*grads: float) -> torch.nn.Module:
