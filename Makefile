@@ -75,7 +75,7 @@ lint: setup ## ruff, workflow schema + zizmor security audit, hadolint on every 
 	$(BIN)/shellcheck $$(find docker -name '*.sh')
 
 report: setup ## every AC mode on the reference models: tables on stdout, reports/ac-report.{json,png}
-	$(RUN) -m harness report
+	$(RUN) -m ackit report
 
 bench: bench-xdist bench-ranks bench-budget bench-ac ## run every benchmark (figures go into bench/README.md by hand)
 

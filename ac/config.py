@@ -23,11 +23,14 @@ def check_memory_budget(budget: object, label: str) -> float:
     return float(budget)
 
 
-def modes() -> list[str]:
-    """The values `ACConfig.mode` accepts: every registered mode, "selective" for layer and op SAC."""
-    from ac.modes import REGISTRY  # the registry imports this module
+# `ACConfig.kind` values, one per mode class: `ac.modes.REGISTRY` has exactly these keys
+# (a test holds them equal). Kept here as data so the config needs no import of the modes.
+KINDS = ["none", "full", "layer", "op", "memory_budget"]
 
-    return [name for name in REGISTRY if name not in SELECTIVE_KINDS] + ["selective"]
+
+def modes() -> list[str]:
+    """The values `ACConfig.mode` accepts: every kind, "selective" for layer and op SAC."""
+    return [name for name in KINDS if name not in SELECTIVE_KINDS] + ["selective"]
 
 
 def _check_backend(backend: object) -> None:

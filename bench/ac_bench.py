@@ -27,9 +27,10 @@ from torch.utils.checkpoint import create_selective_checkpoint_contexts
 from ac import ACConfig, apply_ac
 from ac.budget import BudgetCheckpoint, costs
 from ac.policy import make_op_sac_policy
-from harness import measure, models
-from harness.modes import MODES
-from harness.units import MIB
+from ackit import models, timing
+from ackit.presets import PRESETS
+from ackit.units import MIB
+from harness import measure
 
 EAGER_MODES = [
     "none",
@@ -53,7 +54,7 @@ def _config(mode: str) -> ACConfig:
         return ACConfig(mode="memory_budget", memory_budget=float(value))
     if kind == "layer":
         return ACConfig(selective_ac_option=value)
-    return MODES[mode]
+    return PRESETS[mode]
 
 
 def _build(name: str, mode: str, device: torch.device, compile_backend: str | None) -> models.Built:
@@ -72,7 +73,7 @@ def _build(name: str, mode: str, device: torch.device, compile_backend: str | No
 
 def _table(name: str, modes: list[str], device: torch.device, steps: int, backend: str | None) -> None:
     built = {mode: _build(name, mode, device, backend) for mode in modes}
-    times = measure.step_times_ms({mode: b.step for mode, b in built.items()}, device, warmup=2, timed=steps)
+    times = timing.step_times_ms({mode: b.step for mode, b in built.items()}, device, warmup=2, timed=steps)
     label = "eager" if backend is None else f"compiled ({backend})"
     print(f"\n{name}, {label}: median of {steps} interleaved steps\n")
     memory = "activation MiB (MemTracker)" if backend is None else "saved MiB (autograd)"

@@ -24,8 +24,8 @@ import torch
 
 from ac.budget.profile import BlockProfile, OpCost, profile_block
 from ac.budget.solver import MAX_EXHAUSTIVE, candidates, exhaustive, solve
-from harness import models
-from harness.models import toy
+from ackit import models
+from ackit.models import toy
 
 BUDGETS = (0.1, 0.25, 0.5, 0.75)
 BLOCKS = ("toy", "moe-tiny", "moe-small", "moe-medium")  # moe-gpu's block is a GPU's work

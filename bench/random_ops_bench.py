@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from ac import ACConfig, apply_ac
+from ackit.models import moe
+from ackit.presets import PRESETS
 from harness import measure
-from harness.models import moe
-from harness.modes import MODES
 
 ARGS = dataclasses.replace(moe.SIZES["tiny"], dropout=0.2)
 
@@ -46,7 +46,7 @@ def _max_grad_diff(expected: nn.Module, actual: nn.Module) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", default="inductor")
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--modes", default=",".join(PRESETS))
     args = parser.parse_args()
     modes = args.modes.split(",")
     torch.set_num_threads(1)
@@ -55,11 +55,11 @@ def main() -> None:
         f"| mode | eager: loss equal | eager: max abs grad diff | {args.backend}: loss equal | {args.backend}: max abs grad diff |"
     )
     print("|---|---|---|---|---|")
-    references = {backend: _step(MODES["none"], backend) for backend in (None, args.backend)}
+    references = {backend: _step(PRESETS["none"], backend) for backend in (None, args.backend)}
     for mode in modes:
         cells = [mode]
         for backend, (ref_loss, ref_model) in references.items():
-            loss, model = _step(MODES[mode], backend)
+            loss, model = _step(PRESETS[mode], backend)
             cells += [
                 "yes" if torch.equal(loss, ref_loss) else "no",
                 f"{_max_grad_diff(ref_model, model):.3g}",

@@ -10,16 +10,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
 
-from harness import devices, durations, inventory, matrix, provision, report, tiers
+from harness import cli, devices, tiers
+from harness.ci import durations, inventory, matrix, provision
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors on one line (subcommand parsers inherit this class)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+PROG = "python -m harness"
 
 
 def _positive_int(text: str) -> int:
@@ -84,10 +79,9 @@ def _provision(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m harness")
+    parser = cli.OneLineParser(prog=PROG)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("gpus", help="print how many GPUs this machine makes visible").set_defaults(run=_gpus)
-    report.register(commands)
     ci = commands.add_parser(
         "matrix", help="print the CI job matrix (JSON) derived from the tiers and the tests"
     )
@@ -144,15 +138,5 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """`main` for a shell: a ValueError becomes one line on stderr and exit code 2."""
-    try:
-        return main(argv)
-    except ValueError as error:
-        command = (argv if argv is not None else sys.argv[1:])[:1]
-        print(f"python -m harness {' '.join(command)}: error: {error}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(cli.run(main, PROG))

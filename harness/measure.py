@@ -6,15 +6,12 @@ All work on any device; CUDA-only statistics live in `cuda_activation_bytes`.
 from __future__ import annotations
 
 import functools
-import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
-
-from ac.budget.costs import timed_s
 
 Step = Callable[[], torch.Tensor]
 _WRAPPER_PREFIX = "_checkpoint_wrapped_module."
@@ -223,15 +220,3 @@ def saved_activation_bytes(step: Step, held_anyway: Iterable[torch.Tensor]) -> i
         loss = scalar_loss(step())
     loss.backward()
     return sum(saved.values())
-
-
-def step_times_ms(steps: dict[str, Step], device: torch.device, warmup: int, timed: int) -> dict[str, float]:
-    """Median wall time of one forward+backward per step, the steps interleaved so a busy
-    machine slows all alike; `warmup` rounds (profiles, compiles, allocator) excluded."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for round_ in range(warmup + timed):
-        for name, step in steps.items():
-            seconds = timed_s(lambda step=step: scalar_loss(step()).backward(), device)
-            if round_ >= warmup:
-                times[name].append(1e3 * seconds)
-    return {name: statistics.median(ts) for name, ts in times.items()}

@@ -1,11 +1,12 @@
-"""pytest plugin (entry point `harness`): options, opt-in, tier hooks and the `tier` fixture.
+"""pytest plugin (entry point `harness`): opt-in, tier hooks and the `tier` fixture.
 
 Installed, the plugin only adds its options and ini keys. It acts for a project
 that asks for it, with `harness = true` in its ini file (or `--tier` on the
 command line): then tests that use the `tier` fixture or carry a `tiers` or
 `world_size` marker run once per tier, world_size tests run in ranks, and the
 run ends with the tier table. Every other test, and every other project, is
-left as pytest would run it. Tier rules live in `tiers`; ranks in `ranks`.
+left as pytest would run it. Options live in `options`, tier rules in `tiers`,
+ranks in `ranks`.
 """
 
 from __future__ import annotations
@@ -15,144 +16,28 @@ import os
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
 
-from harness import devices, quarantine, seeding, tiers
+from harness import devices, options, quarantine, reporting, seeding, summary, tiers
+from harness.ci import durations, inventory
+from harness.options import DEFAULT_DIST_TIMEOUT_S, ENABLE_INI, MARKERS, OPTIONS_KEY, QUARANTINE_INI, Options
+from harness.tiers import TIER_PARAM, tier_name
 
 if TYPE_CHECKING:
     from harness.env import TierEnv
 
-TIER_PARAM = "_harness_tier"
-ENABLE_INI = "harness"
-QUARANTINE_INI = "harness_quarantine"
-DEFAULT_DIST_TIMEOUT_S = 120.0
-MARKERS = {
-    "tiers": "tiers(*names): run this test only in these tiers (cpu, gpu, multigpu)",
-    "gpus": "gpus(count): devices a gpu/multigpu test leases (default 1 / world size)",
-    "world_size": "world_size(n, cpu=None): run the body in n ranks (a list: each size) with the default "
-    "process group initialised; cpu=<int or list> limits the sizes run in the cpu tier",
-    "isolated": "isolated: run a world_size test in fresh ranks instead of a reused pool",
-}
-
-
-@dataclass(frozen=True)
-class Options:
-    """The plugin's command-line choices, checked once at start-up."""
-
-    selected: list[str] | None  # --tier; None: every tier, unsupported ones skipped
-    dist_timeout_s: float
-    seed: int
-    gpu_range: tuple[int, int] | None
-    inventory: str | None
-
-
-OPTIONS_KEY = pytest.StashKey[Options]()
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addini(
-        ENABLE_INI, type="bool", default=False, help="enable the ac-harness test tiers for this project"
-    )
-    parser.addini(
-        QUARANTINE_INI, default="", help="TOML file of quarantined tests (see harness/quarantine.py)"
-    )
-    group = parser.getgroup("harness", "ac-harness test tiers (active with `harness = true` in the ini file)")
-    group.addoption(
-        "--tier",
-        default=None,
-        help=f"comma list of tiers to run ({', '.join(tiers.TIERS)}); default: every tier this machine "
-        "supports. Enables the harness for this run.",
-    )
-    group.addoption(
-        "--dist-timeout",
-        type=float,
-        default=DEFAULT_DIST_TIMEOUT_S,
-        metavar="SECONDS",
-        help="fail a world_size test whose ranks have not all finished after SECONDS, with every rank's "
-        f"Python stack (default {DEFAULT_DIST_TIMEOUT_S:g}); the process-group timeout is 0.8x this",
-    )
-    group.addoption(
-        "--harness-seed",
-        type=int,
-        default=seeding.DEFAULT_SEED,
-        metavar="INT",
-        help=f"seed torch, random and numpy with INT before each tiered test (default {seeding.DEFAULT_SEED})",
-    )
-    group.addoption(
-        "--gpu-range",
-        default=None,
-        metavar="LO-HI",
-        help="run only GPU-tier tests that need between LO and HI GPUs (how CI sizes multi-GPU jobs)",
-    )
-    group.addoption(
-        "--record-durations",
-        default=None,
-        metavar="PATH",
-        help="write each executed test's duration (setup to teardown, seconds) to PATH as JSON",
-    )
-    group.addoption(
-        "--harness-inventory",
-        default=None,
-        metavar="PATH",
-        help="write every tiered test id with its tier and GPU need to PATH as JSON (for the CI matrix); "
-        "enables the harness and checks no tier against this machine",
-    )
-
-
-def enabled(config: pytest.Config) -> bool:
-    """The opt-in: the project's ini says so, or this run names tiers or asks for an inventory."""
-    return bool(
-        config.getini(ENABLE_INI)
-        or config.getoption("--tier") is not None
-        or config.getoption("--harness-inventory")
-    )
-
-
-def _parse_gpu_range(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    match = re.fullmatch(r"(\d+)-(\d+)", text.strip())
-    if match is None or int(match.group(1)) > int(match.group(2)):
-        raise pytest.UsageError(f"--gpu-range {text!r}: expected LO-HI with 0 <= LO <= HI, e.g. 3-4")
-    return int(match.group(1)), int(match.group(2))
-
-
-def _options(config: pytest.Config) -> Options:
-    requested = config.getoption("--tier")
-    inventory = config.getoption("--harness-inventory")
-    selected = None
-    if requested is not None:
-        try:
-            selected = tiers.parse_tier_list(requested)
-        except ValueError as error:
-            raise pytest.UsageError(f"--tier {requested!r}: {error}") from None
-        problems = [reason for name in selected if (reason := tiers.unsupported_reason(name))]
-        if problems and not inventory:
-            raise pytest.UsageError(
-                "requested tier cannot run on this machine: "
-                + "; ".join(problems)
-                + ". Refusing to report green."
-            )
-    timeout = config.getoption("--dist-timeout")
-    if not timeout > 0:
-        raise pytest.UsageError(f"--dist-timeout {timeout:g}: must be a number of seconds above 0")
-    return Options(
-        selected,
-        timeout,
-        config.getoption("--harness-seed"),
-        _parse_gpu_range(config.getoption("--gpu-range")),
-        inventory,
-    )
+    options.add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if not enabled(config):
+    if not options.enabled(config):
         return
-    options = _options(config)
-    config.stash[OPTIONS_KEY] = options
+    run_options = options.parse(config)
+    config.stash[OPTIONS_KEY] = run_options
     for line in MARKERS.values():
         config.addinivalue_line("markers", line)
     worker = getattr(config, "workerinput", None)
@@ -160,21 +45,21 @@ def pytest_configure(config: pytest.Config) -> None:
         devices.record_visible_gpus()
     else:
         devices.pin_worker(worker["workerid"])
-        _share_cpu_threads(worker["workercount"])
-    from harness import durations, reporting, summary
-
+        share_cpu_threads(worker["workercount"])
     listed = _quarantine(config)
     register = config.pluginmanager.register
-    register(TierHooks(options), "harness-tiers")
-    if not _xdist_controller(config):  # it runs no test: no ranks, and no torch import
+    register(TierHooks(run_options), "harness-tiers")
+    if not is_xdist_controller(config):
+        # Imported here, not at the top: the ranks import torch (seconds), which an xdist
+        # controller and a project that leaves the plugin off never need.
         from harness.ranks import plugin as ranks_plugin
 
-        register(ranks_plugin.RankHooks(config, options.dist_timeout_s), "harness-ranks")
+        register(ranks_plugin.RankHooks(config, run_options.dist_timeout_s), "harness-ranks")
     register(
-        reporting.Reporting(listed, options.seed, options.dist_timeout_s, DEFAULT_DIST_TIMEOUT_S),
+        reporting.Reporting(listed, run_options.seed, run_options.dist_timeout_s, DEFAULT_DIST_TIMEOUT_S),
         "harness-reporting",
     )
-    register(summary.TierSummary(config, options.selected, listed), "harness-summary")
+    register(summary.TierSummary(config, run_options.selected, listed), "harness-summary")
     if config.getoption("--record-durations") and worker is None:
         register(durations.Recorder(config.getoption("--record-durations")), "harness-durations")
 
@@ -190,11 +75,11 @@ def _quarantine(config: pytest.Config) -> quarantine.Quarantine:
         raise pytest.UsageError(str(error)) from None
 
 
-def _xdist_controller(config: pytest.Config) -> bool:
+def is_xdist_controller(config: pytest.Config) -> bool:
     return not hasattr(config, "workerinput") and config.getoption("dist", "no") != "no"
 
 
-def _share_cpu_threads(workers: int) -> None:
+def share_cpu_threads(workers: int) -> None:
     """Split the cores between xdist workers: oversubscribed torch threads spin
     against each other and made a loaded 2-core run over 100x slower. torch reads
     OMP_NUM_THREADS when it is first imported, which in a worker is after this."""
@@ -204,11 +89,6 @@ def _share_cpu_threads(workers: int) -> None:
         torch.set_num_threads(threads)
     else:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-
-
-def tier_name(item: pytest.Item) -> str | None:
-    callspec = getattr(item, "callspec", None)
-    return None if callspec is None else callspec.params.get(TIER_PARAM)
 
 
 def _registered_markers(config: pytest.Config) -> set[str]:
@@ -257,8 +137,6 @@ class TierHooks:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         if self.options.inventory:
-            from harness import inventory
-
             inventory.write(self.options.inventory, session.items)
 
     def _in_gpu_range(self, item: pytest.Item, name: str) -> bool:

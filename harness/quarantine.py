@@ -27,7 +27,7 @@ DEFAULT_READY_AFTER = 10
 
 
 @dataclass(frozen=True)
-class Entry:
+class QuarantinedTest:
     id: str
     reason: str
     link: str
@@ -38,10 +38,10 @@ class Entry:
 
 @dataclass(frozen=True)
 class Quarantine:
-    entries: tuple[Entry, ...]
+    entries: tuple[QuarantinedTest, ...]
     ready_after: int
 
-    def find(self, nodeid: str) -> Entry | None:
+    def find(self, nodeid: str) -> QuarantinedTest | None:
         return next((entry for entry in self.entries if entry.matches(nodeid)), None)
 
 
@@ -63,5 +63,5 @@ def load(path: Path) -> Quarantine:
             raise ValueError(
                 f"quarantine list {path}: [[test]] entry {index + 1} needs {missing} (non-empty strings)"
             )
-        entries.append(Entry(raw["id"], raw["reason"], raw["link"]))
+        entries.append(QuarantinedTest(raw["id"], raw["reason"], raw["link"]))
     return Quarantine(tuple(entries), ready_after)

@@ -7,6 +7,7 @@ import pytest
 
 from harness import repro
 from harness.quarantine import Quarantine
+from harness.tiers import tier_name
 
 QUARANTINED = "quarantined"
 FLAKY = "flaky"
@@ -42,8 +43,6 @@ class Reporting:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
         report = yield
         if report.failed:
-            from harness.plugin import tier_name
-
             line = repro.line(item, tier_name(item), self.seed, self.dist_timeout_s, self.default_timeout_s)
             report.sections.append((REPRO, line))
             report.user_properties.append((REPRO, line))

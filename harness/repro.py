@@ -35,7 +35,7 @@ def versions() -> str:
     return f"torch {torch.__version__}, CUDA {cuda}, NCCL {nccl}, Python {platform.python_version()}"
 
 
-def environment(tier: str | None, leased: tuple[str, ...]) -> dict[str, str]:
+def rerun_env(tier: str | None, leased: tuple[str, ...]) -> dict[str, str]:
     env = {
         name: value
         for name, value in os.environ.items()
@@ -52,9 +52,7 @@ def line(
 ) -> str:
     """`ENV=... python -m pytest '<id>' --tier T --harness-seed S  # versions`."""
     leased = item.stash.get(tiers.LAST_LEASE_KEY, ())
-    env = " ".join(
-        f"{name}={shlex.quote(value)}" for name, value in sorted(environment(tier, leased).items())
-    )
+    env = " ".join(f"{name}={shlex.quote(value)}" for name, value in sorted(rerun_env(tier, leased).items()))
     args = ["python", "-m", "pytest", item.nodeid]
     if tier is not None:
         args += ["--tier", tier]

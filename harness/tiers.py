@@ -83,6 +83,9 @@ DETERMINISTIC_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8", "TORCHINDUCTOR_DETERM
 # What a world_size test leases per rank in a multi-GPU tier when nothing says otherwise.
 DEFAULT_WORLD_SIZE = 2
 
+# The parameter that carries a test's tier (indirect, so the `tier` fixture sees it).
+TIER_PARAM = "_harness_tier"
+
 LEASE_KEY = pytest.StashKey[tuple[str, ...]]()  # held now
 LAST_LEASE_KEY = pytest.StashKey[tuple[str, ...]]()  # held last, for the repro line
 
@@ -137,6 +140,11 @@ def tiers_for(node: pytest.Item, multi_rank: bool) -> tuple[str, ...]:
     return tuple(t.name for t in TIERS.values() if (t.multi_rank if multi_rank else t.plain))
 
 
+def tier_name(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return None if callspec is None else callspec.params.get(TIER_PARAM)
+
+
 def world_size_of(item: pytest.Item) -> int | None:
     callspec = getattr(item, "callspec", None)
     return callspec.params.get("world_size") if callspec is not None else None
@@ -182,7 +190,7 @@ def lease(item: pytest.Item, name: str) -> Iterator[tuple[str, ...]]:
             del item.stash[LEASE_KEY]
 
 
-def environment(name: str) -> dict[str, str]:
+def startup_env(name: str) -> dict[str, str]:
     """Variables a process running tier `name` needs before CUDA starts."""
     return dict(DETERMINISTIC_ENV) if TIERS[name].deterministic else {}
 
@@ -199,12 +207,9 @@ def set_deterministic(mode: bool, warn_only: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def determinism(name: str) -> Iterator[None]:
-    """Run a test body under its tier's determinism and put everything back after,
-    so neither cpu-tier tests nor unrelated code see it."""
-    if not TIERS[name].deterministic:
-        yield
-        return
+def deterministic_algorithms() -> Iterator[None]:
+    """Deterministic algorithms and `DETERMINISTIC_ENV` for the block, then everything put
+    back: the one switch the GPU tiers and the AC report's CUDA comparisons share."""
     import torch
 
     saved_env = {key: os.environ.get(key) for key in DETERMINISTIC_ENV}
@@ -223,6 +228,12 @@ def determinism(name: str) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def determinism(name: str) -> contextlib.AbstractContextManager[None]:
+    """A test body under its tier's determinism, so neither cpu-tier tests nor
+    unrelated code see it."""
+    return deterministic_algorithms() if TIERS[name].deterministic else contextlib.nullcontext()
 
 
 def tier_env(name: str, gpu_ids: tuple[str, ...] = ()) -> TierEnv:

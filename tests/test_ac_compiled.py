@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from ac import ACConfig, apply_ac
-from harness import measure, models
-from harness.models import moe
-from harness.modes import MODES
+from ackit import models
+from ackit.models import moe
+from ackit.presets import PRESETS
+from harness import measure
 
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.usefixtures("fresh_dynamo")]
 ARGS = moe.MoEArgs(n_layers=2, dropout=0.1)
@@ -50,7 +51,7 @@ def _compile_every_mode() -> dict[str, Compiled]:
     backend = measure.counting_backend()
     results = {}
     for mode in COMPILED_MODES:
-        model, tokens, targets = _compiled(dataclasses.replace(MODES[mode], early_stop=False), backend)
+        model, tokens, targets = _compiled(dataclasses.replace(PRESETS[mode], early_stop=False), backend)
         loss = _seeded_step(model, tokens, targets)
         loss.backward()
         grads = {name: grad.clone() for name, grad in measure.named_grads(model).items()}
@@ -107,10 +108,10 @@ def _inductor_step(config: ACConfig) -> nn.Module:
 def test_inductor_memory_budget_with_dropout_matches_inductor_no_ac():
     """The one inductor test (generated code; one small block keeps its two compiles quick):
     the eager plan, run as a SAC region, replays inductor's dropout exactly."""
-    budget = _inductor_step(MODES["budget-0.25"])
+    budget = _inductor_step(PRESETS["budget-0.25"])
     [plan] = budget.layers[0].checkpoint_fn.func._by_call.values()
     assert plan.kind != "none"  # the block is checkpointed: its dropout is recomputed or saved
-    measure.assert_grads_match(_inductor_step(MODES["none"]), budget, **GRAD_TOLERANCE)
+    measure.assert_grads_match(_inductor_step(PRESETS["none"]), budget, **GRAD_TOLERANCE)
 
 
 @pytest.mark.compiled

@@ -11,9 +11,9 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
 
 import ac
-from ac import ACConfig, apply_ac, modes
-from harness.models.moe import MoEArgs, build
-from harness.models.toy import ToyModel
+from ac import ACConfig, apply_ac, config, modes
+from ackit.models.moe import MoEArgs, build
+from ackit.models.toy import ToyModel
 
 AC_DIR = Path(ac.__file__).resolve().parent
 
@@ -80,12 +80,17 @@ def test_compile_is_read_from_toml_and_compiles_each_wrapped_block(fresh_dynamo)
     assert ACConfig().compile is False
 
 
-def test_a_new_mode_is_one_class_and_one_registry_line(monkeypatch):
+def test_the_configs_kinds_are_the_registered_modes():
+    assert list(modes.REGISTRY) == config.KINDS
+
+
+def test_a_new_mode_is_one_class_one_registry_line_and_its_kind(monkeypatch):
     class EveryOther(modes.ACMode):
         def wrap(self, block, name, position):
             return self.checkpointed(block, name) if position % 2 else block
 
     monkeypatch.setitem(modes.REGISTRY, "every_other", EveryOther)
+    monkeypatch.setattr(config, "KINDS", [*config.KINDS, "every_other"])
     model = apply_ac(ToyModel(n_blocks=3), ACConfig(mode="every_other"))
     assert [isinstance(b, ActivationWrapper) for b in model.layers.values()] == [True, False, True]
 

@@ -11,8 +11,8 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
 
 from ac import ACConfig, apply_ac
-from harness.models import moe
-from harness.modes import MODES
+from ackit.models import moe
+from ackit.presets import PRESETS
 
 ARGS = moe.MoEArgs(n_layers=4)
 MOE_MODES = ["none", "full", "layer-1", "layer-2", "op", "op-no-force", "budget-0.5"]
@@ -34,7 +34,7 @@ def _train_step(model: nn.Module, device: torch.device, args: moe.MoEArgs = ARGS
 @pytest.mark.parametrize("name", MOE_MODES)
 def test_gradients_match_no_ac(tier, name):
     reference = moe.build(ARGS, device=tier.device)
-    model = apply_ac(moe.build(ARGS, device=tier.device), MODES[name])
+    model = apply_ac(moe.build(ARGS, device=tier.device), PRESETS[name])
     ref_loss, loss = _train_step(reference, tier.device), _train_step(model, tier.device)
     rtol, atol = tier.tolerances()
     torch.testing.assert_close(loss, ref_loss, rtol=rtol, atol=atol)
@@ -46,7 +46,7 @@ def test_dropout_replays_with_preserved_rng_state(tier, name):
     """Dropout in attention (SDPA's dropout_p) and after it, every mode, the default config."""
     args = moe.MoEArgs(n_layers=2, dropout=0.2)
     reference = moe.build(args, device=tier.device)
-    model = apply_ac(moe.build(args, device=tier.device), MODES[name])
+    model = apply_ac(moe.build(args, device=tier.device), PRESETS[name])
     losses = []
     for m in (reference, model):
         torch.manual_seed(123)
@@ -109,7 +109,7 @@ def test_sequential_and_module_list_containers():
 @pytest.mark.parametrize("name", MOE_MODES)
 def test_state_dict_keys_are_unchanged_and_load_both_ways(name):
     plain = moe.build(ARGS, seed=1)
-    wrapped = apply_ac(moe.build(ARGS, seed=2), MODES[name])
+    wrapped = apply_ac(moe.build(ARGS, seed=2), PRESETS[name])
     assert list(wrapped.state_dict()) == list(plain.state_dict())
     wrapped.load_state_dict(plain.state_dict())
     fresh = moe.build(ARGS, seed=3)
@@ -123,7 +123,7 @@ def test_state_dict_keys_are_unchanged_and_load_both_ways(name):
 def test_recompute_grows_from_none_to_full(tier):
     backward = {}
     for name in ("none", "op", "layer-2", "full"):
-        model = apply_ac(moe.build(ARGS, device=tier.device), MODES[name])
+        model = apply_ac(moe.build(ARGS, device=tier.device), PRESETS[name])
         backward[name] = tier.flops(_loss_step(model, tier.device)).backward
     assert backward["none"] < backward["op"] < backward["full"]
     assert backward["none"] < backward["layer-2"] < backward["full"]
@@ -135,7 +135,7 @@ def test_recompute_grows_from_none_to_full(tier):
 def test_activation_memory_shrinks_from_none_to_full(tier):
     held = {}
     for name in ("none", "op", "layer-2", "full"):
-        model = apply_ac(moe.build(ARGS, device=tier.device), MODES[name])
+        model = apply_ac(moe.build(ARGS, device=tier.device), PRESETS[name])
         tokens, _ = moe.batch(ARGS, device=tier.device)
         held[name] = tier.activation_bytes(model, _loss_step(model, tier.device), tokens)
     assert held["full"] < held["layer-2"] < held["none"]

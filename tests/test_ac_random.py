@@ -19,9 +19,9 @@ import ac.policy
 from ac import ACConfig, apply_ac
 from ac.budget.profile import profile_block
 from ac.rng import draws_random
+from ackit.models import moe
+from ackit.presets import PRESETS
 from harness import measure
-from harness.models import moe
-from harness.modes import MODES
 
 pytestmark = pytest.mark.tiers("cpu")
 aten = torch.ops.aten
@@ -112,7 +112,7 @@ def test_op_sac_recomputes_a_saved_op_that_draws(monkeypatch):
     """An op in the save set that draws random numbers is recomputed, not saved."""
     monkeypatch.setattr(ac.policy, "saved_ops", lambda: frozenset({NOISY, aten.mm.default}))
     reference = _noisy_step(None)
-    model = _noisy_step(dataclasses.replace(MODES["op-no-force"], preserve_rng_state=True))
+    model = _noisy_step(dataclasses.replace(PRESETS["op-no-force"], preserve_rng_state=True))
     measure.assert_grads_match(reference, model)
 
 
@@ -264,7 +264,7 @@ def compiled_reference(fresh_dynamo) -> tuple[torch.Tensor, nn.Module]:
 @pytest.mark.compiled
 def test_compiled_memory_budget_keeps_dropout_gradients(compiled_reference):
     """torch's budget partitioner recomputes dropout with fresh random numbers; our plan does not."""
-    config = dataclasses.replace(MODES["budget-0.5"], preserve_rng_state=True)
+    config = dataclasses.replace(PRESETS["budget-0.5"], preserve_rng_state=True)
     loss, model = _compiled_step(config, "aot_eager_decomp_partition")
     assert torch.equal(loss, compiled_reference[0])
     measure.assert_grads_match(compiled_reference[1], model, rtol=1e-5, atol=1e-6)
@@ -272,5 +272,5 @@ def test_compiled_memory_budget_keeps_dropout_gradients(compiled_reference):
 
 def test_memory_budget_leaves_torch_compile_budget_alone():
     before = torch._functorch.config.activation_memory_budget
-    apply_ac(moe.build(dataclasses.replace(COMPILED_ARGS, n_layers=2)), MODES["budget-0.25"])
+    apply_ac(moe.build(dataclasses.replace(COMPILED_ARGS, n_layers=2)), PRESETS["budget-0.25"])
     assert torch._functorch.config.activation_memory_budget == before

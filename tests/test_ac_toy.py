@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from ac import ACConfig, apply_ac
-from harness.models.toy import DIM, FLOP_UNIT, REFERENCE, ToyModel, toy_input
-from harness.modes import MODES
-from harness.units import MIB
+from ackit.models.toy import DIM, FLOP_UNIT, REFERENCE, ToyModel, toy_input
+from ackit.presets import PRESETS
+from ackit.units import MIB
 
 
 def _measure_toy(tier, config: ACConfig, **model_kwargs) -> tuple[float, float]:
@@ -25,7 +25,7 @@ def _measure_toy(tier, config: ACConfig, **model_kwargs) -> tuple[float, float]:
 
 @pytest.mark.parametrize("name", list(REFERENCE))
 def test_toy_matches_torchtitan_reference(tier, name):
-    backward_units, act_mib = _measure_toy(tier, MODES[name])
+    backward_units, act_mib = _measure_toy(tier, PRESETS[name])
     assert (backward_units, round(act_mib, 3)) == REFERENCE[name]
 
 
@@ -33,7 +33,7 @@ def test_forward_flops_do_not_depend_on_ac(tier):
     x = toy_input(tier.device)
     forwards = {}
     for name in REFERENCE:
-        config = MODES[name]
+        config = PRESETS[name]
         model = apply_ac(ToyModel().to(tier.device), config)
         forwards[name] = tier.flops(functools.partial(model, x)).forward
     assert set(forwards.values()) == {4 * FLOP_UNIT}, forwards
@@ -41,14 +41,14 @@ def test_forward_flops_do_not_depend_on_ac(tier):
 
 def test_biased_router_is_still_forced(tier):
     """A Linear with bias dispatches addmm, whose weight operand is args[2]."""
-    assert _measure_toy(tier, MODES["op"], router_bias=True)[0] == REFERENCE["op"][0]
+    assert _measure_toy(tier, PRESETS["op"], router_bias=True)[0] == REFERENCE["op"][0]
     # Without forcing, the biased addmm is still counted as the first matmul.
-    assert _measure_toy(tier, MODES["op-no-force"], router_bias=True)[0] == REFERENCE["op-no-force"][0]
+    assert _measure_toy(tier, PRESETS["op-no-force"], router_bias=True)[0] == REFERENCE["op-no-force"][0]
 
 
 @pytest.mark.parametrize("name", list(REFERENCE))
 def test_several_blocks_scale_linearly(tier, name):
-    backward_units, act_mib = _measure_toy(tier, MODES[name], n_blocks=3)
+    backward_units, act_mib = _measure_toy(tier, PRESETS[name], n_blocks=3)
     want_flops, want_mib = REFERENCE[name]
     assert backward_units == 3 * want_flops
     # Every block reads the same input, so only per-block activations add up.
@@ -59,7 +59,7 @@ def test_several_blocks_scale_linearly(tier, name):
 def test_toy_gradients_match_no_ac(tier, name):
     torch.manual_seed(0)
     reference = ToyModel(n_blocks=2).to(tier.device)
-    model = apply_ac(copy.deepcopy(reference), MODES[name])
+    model = apply_ac(copy.deepcopy(reference), PRESETS[name])
     x = torch.randn(64, DIM, device=tier.device)
     inputs = [x.clone().requires_grad_(True) for _ in range(2)]
     reference(inputs[0]).backward()
@@ -72,6 +72,6 @@ def test_toy_gradients_match_no_ac(tier, name):
 def test_early_stop_is_passed_on_and_ends_the_recompute_at_the_last_tensor_backward_needs(tier):
     """Full AC recomputes the whole block without early stop; with it (torch.utils.checkpoint's default), the
     block's last matmul, whose output backward never reads, is not run again."""
-    stopped = _measure_toy(tier, dataclasses.replace(MODES["full"], early_stop=True))[0]
-    complete = _measure_toy(tier, dataclasses.replace(MODES["full"], early_stop=False))[0]
+    stopped = _measure_toy(tier, dataclasses.replace(PRESETS["full"], early_stop=True))[0]
+    complete = _measure_toy(tier, dataclasses.replace(PRESETS["full"], early_stop=False))[0]
     assert stopped < complete == REFERENCE["full"][0], (stopped, complete)

@@ -18,8 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ac import ACConfig, apply_ac
 from ac.budget import costs
-from harness.models import moe
-from harness.modes import MODES as NAMED_MODES
+from ackit.models import moe
+from ackit.presets import PRESETS as NAMED_MODES
 
 MIN_TORCH = (2, 9)
 _installed = tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", torch.__version__).groups())
@@ -30,7 +30,7 @@ if _installed < MIN_TORCH:
         "or failure here would say nothing about AC"
     )
 
-MODES = {name: NAMED_MODES[name] for name in ("none", "full", "layer-2", "op", "budget-0.5")}
+PRESETS = {name: NAMED_MODES[name] for name in ("none", "full", "layer-2", "op", "budget-0.5")}
 # Whether a mode's backward recomputes part of the forward (a budget: the budget decides).
 RECOMPUTES = {"none": False, "full": True, "layer-2": True, "op": True}
 SIZES = [2, 4, 8]
@@ -90,7 +90,7 @@ def _named(model: nn.Module, grads: bool) -> dict[str, torch.Tensor]:
 
 
 @multi_rank
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", list(PRESETS))
 def test_sharded_training_matches_one_process(tier, world_size, mode):
     """Loss and every gradient, step by step, against one process on the full batch.
 
@@ -100,7 +100,7 @@ def test_sharded_training_matches_one_process(tier, world_size, mode):
     """
     args, device = _args(world_size, dropout=0.1), tier.device
     tokens, targets = moe.batch(args, device=device)
-    model = _sharded(MODES[mode], args, device)
+    model = _sharded(PRESETS[mode], args, device)
     reference = moe.build(args, device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     ref_optimizer = torch.optim.SGD(reference.parameters(), lr=LR)
@@ -146,7 +146,7 @@ def _flops(model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> tup
 
 
 @multi_rank
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", list(PRESETS))
 def test_recompute_per_rank_matches_single_device(tier, world_size, mode, monkeypatch):
     """FlopCounterMode counts only matmul/bmm/SDPA-like ops, none of which FSDP adds (its collectives
     and gradient division count zero), so per-op totals are compared exactly. A budget prices its
@@ -156,8 +156,8 @@ def test_recompute_per_rank_matches_single_device(tier, world_size, mode, monkey
     args, device = _args(world_size), tier.device
     tokens, targets = moe.batch(args, device=device)
     mine = _rank_slice(dist.get_rank())
-    sharded = _sharded(MODES[mode], args, device)
-    single = apply_ac(moe.build(args, device=device), MODES[mode])
+    sharded = _sharded(PRESETS[mode], args, device)
+    single = apply_ac(moe.build(args, device=device), PRESETS[mode])
     got = _flops(sharded, tokens[mine], targets[mine])
     want = _flops(single, tokens[mine], targets[mine])
     assert got == want
@@ -178,7 +178,7 @@ def test_sharded_checkpoint_loads_with_ac_on_or_off(tier, world_size, tmp_path, 
     args, device = _args(world_size), tier.device
     tokens, targets = moe.batch(args, device=device)
     mine = _rank_slice(dist.get_rank())
-    source = _sharded(MODES[saved_with], args, device, seed=0)
+    source = _sharded(PRESETS[saved_with], args, device, seed=0)
     moe.loss_fn(source(tokens[mine]), targets[mine]).backward()
     torch.optim.SGD(source.parameters(), lr=LR).step()
     state = get_model_state_dict(source)
@@ -186,7 +186,7 @@ def test_sharded_checkpoint_loads_with_ac_on_or_off(tier, world_size, tmp_path, 
     assert state.keys() == moe.build(args).state_dict().keys()
     dcp.save(state, checkpoint_id=tmp_path / "ckpt")
 
-    target = _sharded(MODES[loaded_with], args, device, seed=1)
+    target = _sharded(PRESETS[loaded_with], args, device, seed=1)
     assert not torch.equal(
         _named(target, grads=False)["output.weight"], _named(source, grads=False)["output.weight"]
     )

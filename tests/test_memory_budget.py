@@ -19,8 +19,8 @@ from ac.budget import costs, solver
 from ac.budget.checkpoint import BudgetCheckpoint, make_budget_policy, run_plan
 from ac.budget.profile import BlockProfile, HeldStorage, OpCost, profile_block
 from ac.budget.solver import FULL, MODULES, NONE, SAC, Plan, budget_bytes, exhaustive, plans, solve
-from harness import models
-from harness.models import toy
+from ackit import models
+from ackit.models import toy
 
 BUDGETS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 SAVE, RECOMPUTE = CheckpointPolicy.MUST_SAVE, CheckpointPolicy.MUST_RECOMPUTE

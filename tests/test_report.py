@@ -1,4 +1,4 @@
-"""`python -m harness report`: the toy's rows reproduce torchtitan's figures; table, JSON and plot."""
+"""`python -m ackit report`: the toy's rows reproduce torchtitan's figures; table, JSON and plot."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
-from harness import models, report, sweep
-from harness.__main__ import main
-from harness.models.toy import FLOP_UNIT, REFERENCE
-from harness.modes import MODES
-from harness.units import MIB
+from ackit import models, report, sweep
+from ackit.__main__ import main
+from ackit.models.toy import FLOP_UNIT, REFERENCE
+from ackit.presets import PRESETS
+from ackit.units import MIB
 from tests.documented import quoted_help, unwrapped
 
 pytestmark = pytest.mark.tiers("cpu")
@@ -61,7 +61,7 @@ def test_toy_report_reproduces_reference_and_writes_json(tmp_path, capsys, monke
     data = json.loads((tmp_path / "ac-report.json").read_text())
     assert (tmp_path / "ac-report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = {r["mode"]: r for r in data["models"]["toy"]["rows"]}
-    assert list(rows) == [*MODES, "budget@op", "budget@layer-2"]
+    assert list(rows) == [*PRESETS, "budget@op", "budget@layer-2"]
     for mode, want in REFERENCE.items():
         got = (rows[mode]["backward_flops"] / FLOP_UNIT, rows[mode]["activation_bytes"] / MIB)
         assert (got[0], round(got[1], 3)) == want, mode
@@ -87,7 +87,7 @@ def test_compiled_rows_compare_with_compiled_no_ac(fresh_dynamo):
     device, backend = torch.device("cpu"), "aot_eager_decomp_partition"
     figures, reference = {}, None
     for mode in ("none", "full"):
-        config = dataclasses.replace(MODES[mode], compile=True, compile_backend=backend)
+        config = dataclasses.replace(PRESETS[mode], compile=True, compile_backend=backend)
         figures[mode], grads = sweep.measure_compiled(models.build("toy", device), config, reference)
         reference = reference or grads
     assert all(f["compiled"] and f["grads_equal"] and f["backward_flops"] is None for f in figures.values())
@@ -98,7 +98,7 @@ def test_compiled_rows_compare_with_compiled_no_ac(fresh_dynamo):
 
 
 def test_plot_draws_a_png(tmp_path):
-    from harness.plot import plot  # needs matplotlib, which `make setup` installs
+    from ackit.plot import plot  # needs matplotlib, which `make setup` installs
 
     rows = [
         _row("none", 0.0, 100 * MIB),
@@ -233,7 +233,7 @@ def test_report_help_is_what_the_docs_quote(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["report", "--help"])
     assert exit_.value.code == 0
-    assert unwrapped(capsys.readouterr().out) == unwrapped(quoted_help("python -m harness report --help"))
+    assert unwrapped(capsys.readouterr().out) == unwrapped(quoted_help("python -m ackit report --help"))
 
 
 def test_auto_measures_on_cuda_where_there_is_one_and_cuda_elsewhere_is_refused():

@@ -1,11 +1,11 @@
-"""`harness.measure.step_times_ms`: the median of the timed rounds, warm-up excluded, steps interleaved."""
+"""`harness.timing.step_times_ms`: the median of the timed rounds, warm-up excluded, steps interleaved."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from harness import measure
+from ackit import timing
 from tests.fake_clock import Clock, install
 
 pytestmark = pytest.mark.tiers("cpu")
@@ -29,7 +29,7 @@ def test_median_of_timed_rounds_in_ms_after_warmup_with_steps_interleaved(monkey
         "fast": _timed_step(clock, "fast", [9.0, 9.0, 0.001, 0.004, 0.002], calls),
         "slow": _timed_step(clock, "slow", [8.0, 8.0, 0.010, 0.030, 0.020], calls),
     }
-    times = measure.step_times_ms(steps, torch.device("cpu"), warmup=2, timed=3)
+    times = timing.step_times_ms(steps, torch.device("cpu"), warmup=2, timed=3)
     assert times == pytest.approx({"fast": 2.0, "slow": 20.0})
     assert calls == ["fast", "slow"] * 5
 
@@ -43,5 +43,5 @@ def test_cuda_steps_are_timed_between_synchronizations_of_that_device(monkeypatc
         return torch.ones((), requires_grad=True)
 
     device = torch.device("cuda", 1)
-    measure.step_times_ms({"only": step}, device, warmup=1, timed=1)
+    timing.step_times_ms({"only": step}, device, warmup=1, timed=1)
     assert events == [("sync", device), ("step", None), ("sync", device)] * 2

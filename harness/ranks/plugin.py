@@ -15,10 +15,11 @@ import warnings
 import pytest
 
 from harness import tiers
-from harness.plugin import OPTIONS_KEY, tier_name
+from harness.options import OPTIONS_KEY
 from harness.ranks import calls
 from harness.ranks.pool import PoolKey, PoolRegistry, RunResult
 from harness.ranks.results import FAILED, SKIPPED, XFAILED, Verdict
+from harness.tiers import tier_name
 
 SKIP_LOCATION_KEY = pytest.StashKey[tuple[str, int]]()
 

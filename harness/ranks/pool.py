@@ -121,7 +121,7 @@ class RankPool:
         cuda_ids = key.device_ids if key.backend == "nccl" else ()
         extra = {
             **{k: v for k, v in _RANK_DEFAULTS.items() if k not in os.environ},
-            **tiers.environment(key.tier),
+            **tiers.startup_env(key.tier),
         }
         self.conns: list[Connection] = []
         self.procs = []

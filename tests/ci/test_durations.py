@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from harness import durations, matrix
+from harness.ci import durations, matrix
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
@@ -72,10 +72,10 @@ def test_coverage_lists_the_ids_without_a_duration_and_their_share():
 
 
 def test_the_matrix_warns_only_above_a_tenth_missing(tmp_path):
-    from harness import inventory
+    from harness.ci import inventory
 
-    entries = [inventory.Entry(f"t.py::t{i}[cpu]", "cpu", 0) for i in range(10)]
-    entries.append(inventory.Entry("t.py::g[gpu]", "gpu", 1))  # GPU tiers are not sharded by duration
+    entries = [inventory.TieredTest(f"t.py::t{i}[cpu]", "cpu", 0) for i in range(10)]
+    entries.append(inventory.TieredTest("t.py::g[gpu]", "gpu", 1))  # GPU tiers are not sharded by duration
     path = tmp_path / "durations.json"
     durations.save(path, {f"t.py::t{i}[cpu]": 1.0 for i in range(9)})
     assert durations.MAX_MISSING_SHARE == 0.10

@@ -8,7 +8,8 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from harness import devices, inventory, matrix
+from harness import devices
+from harness.ci import inventory, matrix
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
@@ -18,8 +19,8 @@ BASE = ["self-hosted", "linux", "x64", "gpu"]
 SPLIT = "--splits 2 --group {i} --splitting-algorithm least_duration --durations-path .test_durations"
 
 
-def _entries(tier: str, *needs: int) -> list[inventory.Entry]:
-    return [inventory.Entry(f"t.py::t{i}[{tier}]", tier, need) for i, need in enumerate(needs)]
+def _entries(tier: str, *needs: int) -> list[inventory.TieredTest]:
+    return [inventory.TieredTest(f"t.py::t{i}[{tier}]", tier, need) for i, need in enumerate(needs)]
 
 
 def _cpu_job(index: int, shards: int) -> dict[str, object]:

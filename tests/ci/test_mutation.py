@@ -192,9 +192,9 @@ def test_every_mutated_module_is_run_by_exactly_one_shard():
 
 def test_results_left_from_a_module_no_longer_mutated_are_not_scored(tmp_path, capsys):
     mutants = _mutants(
-        tmp_path, {"harness.tiers.x_a__mutmut_1": KILLED, "harness.provision.x_b__mutmut_1": 0}
+        tmp_path, {"harness.tiers.x_a__mutmut_1": KILLED, "harness.ci.provision.x_b__mutmut_1": 0}
     )
-    assert set(score.verdicts([mutants], [], skip=["harness/provision.py"])) == {
+    assert set(score.verdicts([mutants], [], skip=["harness/ci/provision.py"])) == {
         "harness.tiers.x_a__mutmut_1"
     }
-    assert "harness/provision.py" in score.left_out()  # what the project leaves out, read from pyproject
+    assert "harness/ci/provision.py" in score.left_out()  # what the project leaves out, read from pyproject

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from harness import devices, inventory, matrix, tiers
+from harness import devices, tiers
+from harness.ci import inventory, matrix
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
@@ -72,9 +73,9 @@ def ci() -> dict[str, Any]:
 
 # A suite as the inventory describes it: CPU tests, one-GPU tests, multi-GPU tests needing 2, 3, 4 and 8.
 ENTRIES = [
-    inventory.Entry("tests/test_a.py::test_x[cpu]", "cpu", 0),
-    inventory.Entry("tests/test_a.py::test_x[gpu]", "gpu", 1),
-    *(inventory.Entry(f"tests/test_b.py::test_y[ws{n}-multigpu]", "multigpu", n) for n in (2, 3, 4, 8)),
+    inventory.TieredTest("tests/test_a.py::test_x[cpu]", "cpu", 0),
+    inventory.TieredTest("tests/test_a.py::test_x[gpu]", "gpu", 1),
+    *(inventory.TieredTest(f"tests/test_b.py::test_y[ws{n}-multigpu]", "multigpu", n) for n in (2, 3, 4, 8)),
 ]
 
 
@@ -139,7 +140,7 @@ def test_served_runner_classes_come_from_the_supervisor() -> None:
 
 
 def test_check_names_a_test_no_runner_can_hold_and_an_unserved_label() -> None:
-    big = [*ENTRIES, inventory.Entry("tests/test_c.py::test_z[ws16-multigpu]", "multigpu", 16)]
+    big = [*ENTRIES, inventory.TieredTest("tests/test_c.py::test_z[ws16-multigpu]", "multigpu", 16)]
     served = [1, 2, 4, 8]
     problems = matrix.check(big, matrix.build(big, served=served), served)
     assert problems == [
@@ -162,8 +163,8 @@ def test_matrix_check_fails_on_a_planted_16_gpu_test(pytester: pytest.Pytester, 
     listed = tmp_path / "inventory.json"
     pytester.runpytest("--collect-only", "-q", f"--harness-inventory={listed}", "-p", "no:cacheprovider")
     assert inventory.read(listed) == [
-        inventory.Entry("test_planted.py::test_big[ws16-cpu]", "cpu", 0),
-        inventory.Entry("test_planted.py::test_big[ws16-multigpu]", "multigpu", 16),
+        inventory.TieredTest("test_planted.py::test_big[ws16-cpu]", "cpu", 0),
+        inventory.TieredTest("test_planted.py::test_big[ws16-multigpu]", "multigpu", 16),
     ]
     bad = _harness("matrix", "--check", "--inventory", str(listed))
     assert bad.returncode == 1

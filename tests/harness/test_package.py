@@ -15,14 +15,14 @@ pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
 
 ROOT = Path(__file__).resolve().parents[2]
 IMPORT_ALL = """
-import importlib, pkgutil, sys, harness, ac, harness.env
+import importlib, pkgutil, sys, harness, ac, ackit, harness.env
 assert harness.__file__.startswith({site!r}), harness.__file__
 # torch._dynamo costs over a second to import: no process pays it for importing ac or for
 # the tier fixture (every rank unpickles one), only one that compiles or plans a budget.
 assert "torch._dynamo" not in sys.modules, "importing ac or harness.env imported torch._dynamo"
-for package in (harness, ac):
+for package in (harness, ac, ackit):
     for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-        if module.name != "harness.__main__":
+        if not module.name.endswith(".__main__"):
             importlib.import_module(module.name)
 """
 
@@ -32,7 +32,7 @@ def test_a_plain_install_imports_every_module_and_runs_the_cli_from_anywhere(tmp
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
-    for package in ("ac", "harness"):
+    for package in ("ac", "ackit", "harness"):
         shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     site = tmp_path / "site"
     pip = [
@@ -49,6 +49,10 @@ def test_a_plain_install_imports_every_module_and_runs_the_cli_from_anywhere(tmp
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
-    for args in (["-c", IMPORT_ALL.format(site=str(site))], ["-m", "harness", "gpu-tiers"]):
+    for args in (
+        ["-c", IMPORT_ALL.format(site=str(site))],
+        ["-m", "harness", "gpu-tiers"],
+        ["-m", "ackit", "report", "--help"],
+    ):
         run = subprocess.run([sys.executable, *args], cwd=elsewhere, env=env, capture_output=True, text=True)
         assert run.returncode == 0, run.stderr

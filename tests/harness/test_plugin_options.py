@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from harness import devices, plugin
+from harness import devices, options, plugin
 from tests.documented import quoted_help, unwrapped
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
@@ -65,23 +65,23 @@ def test_gpu_range_selects_the_gpu_tier_tests_a_runner_class_holds(pytester, eig
 @pytest.mark.parametrize("text", ["4-3", "3", "a-b", "-1-2"])
 def test_a_bad_gpu_range_is_named(text):
     with pytest.raises(pytest.UsageError) as error:
-        plugin._parse_gpu_range(text)
+        options.parse_gpu_range(text)
     assert str(error.value) == f"--gpu-range {text!r}: expected LO-HI with 0 <= LO <= HI, e.g. 3-4"
 
 
 def test_gpu_range_bounds_are_inclusive_and_may_be_equal():
-    assert plugin._parse_gpu_range("0-0") == (0, 0)
-    assert plugin._parse_gpu_range("2-16") == (2, 16)
-    assert plugin._parse_gpu_range(None) is None
+    assert options.parse_gpu_range("0-0") == (0, 0)
+    assert options.parse_gpu_range("2-16") == (2, 16)
+    assert options.parse_gpu_range(None) is None
 
 
 def test_xdist_workers_share_the_cores_torch_threads_included(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     before = torch.get_num_threads()
     try:
-        plugin._share_cpu_threads(3)
+        plugin.share_cpu_threads(3)
         assert torch.get_num_threads() == 2
-        plugin._share_cpu_threads(16)
+        plugin.share_cpu_threads(16)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
@@ -91,14 +91,14 @@ def test_a_worker_without_torch_yet_leaves_its_share_for_torch_to_read(monkeypat
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     monkeypatch.delitem(sys.modules, "torch")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    plugin._share_cpu_threads(4)
+    plugin.share_cpu_threads(4)
     assert os.environ["OMP_NUM_THREADS"] == "2"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stands
-    plugin._share_cpu_threads(4)
+    plugin.share_cpu_threads(4)
     assert os.environ["OMP_NUM_THREADS"] == "3"
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     monkeypatch.delenv("OMP_NUM_THREADS")
-    plugin._share_cpu_threads(2)
+    plugin.share_cpu_threads(2)
     assert os.environ["OMP_NUM_THREADS"] == "1"
 
 
@@ -164,8 +164,8 @@ class _XdistConfig:
         return self.dist if name == "dist" and self.dist is not None else default
 
 
-def test_only_the_xdist_controller_is_taken_for_one():
-    assert plugin._xdist_controller(_XdistConfig("load", worker=False))
-    assert not plugin._xdist_controller(_XdistConfig("load", worker=True))
-    assert not plugin._xdist_controller(_XdistConfig("no", worker=False))
-    assert not plugin._xdist_controller(_XdistConfig(None, worker=False))  # -p no:xdist
+def test_only_theis_xdist_controller_is_taken_for_one():
+    assert plugin.is_xdist_controller(_XdistConfig("load", worker=False))
+    assert not plugin.is_xdist_controller(_XdistConfig("load", worker=True))
+    assert not plugin.is_xdist_controller(_XdistConfig("no", worker=False))
+    assert not plugin.is_xdist_controller(_XdistConfig(None, worker=False))  # -p no:xdist

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import provision
+from harness.ci import provision
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]

@@ -28,8 +28,8 @@ def test_a_list_reads_its_entries_and_ready_after(listed):
     path = listed("ready_after = 3\n" + ENTRY + ENTRY.replace("test_y", "test_z").replace("/1", "/2"))
     assert quarantine.load(path) == quarantine.Quarantine(
         (
-            quarantine.Entry("t.py::test_y", "stalls", "https://example.org/1"),
-            quarantine.Entry("t.py::test_z", "stalls", "https://example.org/2"),
+            quarantine.QuarantinedTest("t.py::test_y", "stalls", "https://example.org/1"),
+            quarantine.QuarantinedTest("t.py::test_z", "stalls", "https://example.org/2"),
         ),
         3,
     )
@@ -40,10 +40,10 @@ def test_an_empty_list_waits_ten_passes_before_calling_an_entry_ready(listed):
 
 
 def test_an_entry_matches_its_id_and_each_of_its_parameters_only():
-    entry = quarantine.Entry("t.py::test_y", "stalls", "link")
+    entry = quarantine.QuarantinedTest("t.py::test_y", "stalls", "link")
     assert entry.matches("t.py::test_y") and entry.matches("t.py::test_y[cpu]")
     assert not entry.matches("t.py::test_y2") and not entry.matches("t.py::test_y2[cpu]")
-    listed = quarantine.Quarantine((quarantine.Entry("a", "r", "l"), entry), 1)
+    listed = quarantine.Quarantine((quarantine.QuarantinedTest("a", "r", "l"), entry), 1)
     assert listed.find("t.py::test_y[gpu]") is entry and listed.find("t.py::other") is None
 
 

@@ -47,12 +47,12 @@ def environ(monkeypatch):
 
 
 def test_the_environment_carries_what_shapes_a_test_and_the_devices_it_held(environ):
-    assert repro.environment(None, ()) == CARRIED
-    assert repro.environment("cpu", ("2", "3")) == CARRIED
-    assert repro.environment("multigpu", ("2", "3")) == {**CARRIED, "CUDA_VISIBLE_DEVICES": "2,3"}
-    assert repro.environment("gpu", ()) == CARRIED
+    assert repro.rerun_env(None, ()) == CARRIED
+    assert repro.rerun_env("cpu", ("2", "3")) == CARRIED
+    assert repro.rerun_env("multigpu", ("2", "3")) == {**CARRIED, "CUDA_VISIBLE_DEVICES": "2,3"}
+    assert repro.rerun_env("gpu", ()) == CARRIED
     environ.setenv(devices.FAKE_GPUS_ENV, "4")  # fake devices are not CUDA's to select
-    assert repro.environment("gpu", ("fake1",)) == {**CARRIED, devices.FAKE_GPUS_ENV: "4"}
+    assert repro.rerun_env("gpu", ("fake1",)) == {**CARRIED, devices.FAKE_GPUS_ENV: "4"}
 
 
 class _Item:

@@ -138,9 +138,9 @@ def test_gpu_tiers_run_nccl_on_cuda_and_fake_gpus_gloo_on_cpu(host, fake, expect
 
 
 def test_only_gpu_tiers_get_the_deterministic_environment():
-    assert tiers.environment("cpu") == {}
+    assert tiers.startup_env("cpu") == {}
     for name in ("gpu", "multigpu"):
-        assert tiers.environment(name) == {
+        assert tiers.startup_env(name) == {
             "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
             "TORCHINDUCTOR_DETERMINISTIC": "1",
         }

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from harness import devices, inventory
+from harness import devices
+from harness.ci import inventory
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]

@@ -1,6 +1,6 @@
 """Every tiered test with its tier and GPU need, as JSON: what the CI matrix sizes jobs by.
 
-Written by `pytest --collect-only --harness-inventory PATH`; read by `harness.matrix`.
+Written by `pytest --collect-only --harness-inventory PATH`; read by `harness.ci.matrix`.
 """
 
 from __future__ import annotations
@@ -12,23 +12,22 @@ from pathlib import Path
 import pytest
 
 from harness import tiers
+from harness.tiers import tier_name
 
 
 @dataclass(frozen=True)
-class Entry:
+class TieredTest:
     id: str
     tier: str
     gpus: int
 
 
-def entries(items: list[pytest.Item]) -> list[Entry]:
-    from harness.plugin import tier_name
-
+def entries(items: list[pytest.Item]) -> list[TieredTest]:
     found = []
     for item in items:
         name = tier_name(item)
         if name is not None:
-            found.append(Entry(item.nodeid, name, tiers.gpus_needed(item, name)))
+            found.append(TieredTest(item.nodeid, name, tiers.gpus_needed(item, name)))
     return found
 
 
@@ -36,9 +35,9 @@ def write(path: str, items: list[pytest.Item]) -> None:
     Path(path).write_text(json.dumps([asdict(e) for e in entries(items)], indent=1) + "\n")
 
 
-def read(path: Path) -> list[Entry]:
+def read(path: Path) -> list[TieredTest]:
     """The entries `write` wrote; a missing or malformed file is a ValueError naming it."""
     try:
-        return [Entry(**raw) for raw in json.loads(path.read_text())]
+        return [TieredTest(**raw) for raw in json.loads(path.read_text())]
     except (OSError, ValueError, TypeError) as error:
         raise ValueError(f"inventory {path}: {error}") from None

@@ -1,6 +1,6 @@
 """The reference models by name: what the AC report, the tests and the benchmarks build.
 
-Importing this package does not import torch, so `python -m harness` can list
+Importing this package does not import torch, so `python -m ackit` can list
 the names; building a model does.
 """
 
@@ -34,10 +34,10 @@ class ModelSpec:
 
 
 def build_toy(device: torch.device | str = "cpu", n_blocks: int = 1) -> Built:
-    """torchtitan's toy (`harness.models.toy`) and its input."""
+    """torchtitan's toy (`ackit.models.toy`) and its input."""
     import torch
 
-    from harness.models.toy import ToyModel, toy_input
+    from ackit.models.toy import ToyModel, toy_input
 
     torch.manual_seed(0)
     model = ToyModel(n_blocks=n_blocks).to(device)
@@ -46,10 +46,10 @@ def build_toy(device: torch.device | str = "cpu", n_blocks: int = 1) -> Built:
 
 
 def build_moe(size: str, device: torch.device | str = "cpu", dtype: str = "float32") -> Built:
-    """The MoE transformer (`harness.models.moe`) at one of its `SIZES`, with a batch."""
+    """The MoE transformer (`ackit.models.moe`) at one of its `SIZES`, with a batch."""
     import torch
 
-    from harness.models import moe
+    from ackit.models import moe
 
     args = moe.SIZES[size]
     model = moe.build(args, device=device, dtype=getattr(torch, dtype))

@@ -44,7 +44,7 @@ def toy_input(device: torch.device | str = "cpu") -> torch.Tensor:
 
 
 # Backward flops in units of 2*512^3 (one 512^3 matmul) and activation MiB held
-# after forward, for one block, by `harness.modes` name: "op-no-force" forces
+# after forward, for one block, by `ackit.presets` name: "op-no-force" forces
 # nothing; "op" is the default (router forced, and wq shares its shape);
 # "op-force-output" forces the output.
 FLOP_UNIT = 2 * DIM**3

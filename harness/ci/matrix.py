@@ -20,7 +20,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness import devices, durations, inventory, tiers
+from harness import devices, tiers
+from harness.ci import durations, inventory
 
 HOSTED_RUNNER = "ubuntu-latest"
 SELF_HOSTED_BASE = ("self-hosted", "linux", "x64", "gpu")
@@ -84,7 +85,7 @@ def ci_image(repository: str | None, flavour: str = "cuda") -> str:
     return f"ghcr.io/{repository.lower()}/ci:{flavour}"
 
 
-def collect(paths: list[str]) -> list[inventory.Entry]:
+def collect(paths: list[str]) -> list[inventory.TieredTest]:
     """Every tiered test of the suite with its GPU need, from pytest's own collection."""
     with tempfile.TemporaryDirectory(prefix="harness-inventory-") as scratch:
         target = Path(scratch) / "inventory.json"
@@ -140,7 +141,7 @@ def _cpu_jobs(tier: tiers.Tier, cpu_shards: int) -> list[Job]:
 
 
 def build(
-    entries: list[inventory.Entry],
+    entries: list[inventory.TieredTest],
     cpu_shards: int = DEFAULT_CPU_SHARDS,
     image: str = "",
     scale_set_prefix: str = "",
@@ -178,7 +179,7 @@ def build(
     return jobs
 
 
-def check(entries: list[inventory.Entry], jobs: list[Job], served: list[int]) -> list[str]:
+def check(entries: list[inventory.TieredTest], jobs: list[Job], served: list[int]) -> list[str]:
     """What would leave a test without a runner: a need beyond every runner class, or a label no runner serves."""
     problems = []
     for entry in entries:
@@ -196,7 +197,7 @@ def check(entries: list[inventory.Entry], jobs: list[Job], served: list[int]) ->
     return problems
 
 
-def duration_warning(entries: list[inventory.Entry], path: Path = Path(DURATIONS_FILE)) -> str | None:
+def duration_warning(entries: list[inventory.TieredTest], path: Path = Path(DURATIONS_FILE)) -> str | None:
     """A warning when shards would balance on guesses: too many CPU-tier tests without a recorded duration."""
     collected = [e.id for e in entries if tiers.TIERS[e.tier].min_gpus == 0]
     missing, share = durations.coverage(collected, durations.load(path))

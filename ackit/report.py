@@ -1,4 +1,4 @@
-"""`python -m harness report`: every AC mode on the reference models, side by side.
+"""`python -m ackit report`: every AC mode on the reference models, side by side.
 
 For each model and mode it measures forward and backward flops, recompute
 overhead (% of the no-AC step's flops), activation bytes held after forward and
@@ -15,7 +15,6 @@ import argparse
 import datetime
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,16 +22,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from harness.sweep import Row
+    from ackit.sweep import Row
 
-from harness.models import MODELS, report_defaults
-from harness.units import MIB
+from ackit.models import MODELS, report_defaults
+from ackit.units import MIB
+from harness import tiers
 
 DEVICES = ("auto", "cpu", "cuda")
 # `--compile-backend`: "auto" compiles on CUDA with inductor and not on CPU (minutes of C++ builds).
 NO_COMPILE, AUTO_COMPILE = "none", "auto"
-# cuBLAS reads this when it starts; deterministic algorithms need it on CUDA.
-CUBLAS_WORKSPACE = ":4096:8"
 
 
 def _front(rows: list[Row], cost: str) -> list[str]:
@@ -113,13 +111,13 @@ def grads_compared(device: torch.device) -> str:
     if device.type == "cuda":
         text += (
             ", both under torch.use_deterministic_algorithms(True) "
-            f"with CUBLAS_WORKSPACE_CONFIG={os.environ.get('CUBLAS_WORKSPACE_CONFIG')}"
+            f"with CUBLAS_WORKSPACE_CONFIG={tiers.DETERMINISTIC_ENV['CUBLAS_WORKSPACE_CONFIG']}"
         )
     return text + "; compiled modes' against compiled no AC's, within rtol 1e-4, atol 1e-5"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add the `report` subcommand to `python -m harness`."""
+    """Add the `report` subcommand to `python -m ackit`."""
     parser = commands.add_parser("report", help="measure every AC mode on the reference models")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports/)")
     parser.add_argument(
@@ -172,10 +170,9 @@ def compile_backend_for(choice: str, device: torch.device) -> str | None:
 
 def main(args: argparse.Namespace) -> int:
     models = check_arguments(args)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     import torch
 
-    from harness.sweep import as_dicts, device_for, run
+    from ackit.sweep import as_dicts, device_for, run
 
     device = device_for(args.device)
     backend = compile_backend_for(args.compile_backend, device)
@@ -204,7 +201,7 @@ def main(args: argparse.Namespace) -> int:
     print("\n".join(table(name, rs) for name, rs in rows.items()))
     print(f"Gradients: {report['grads_compared']}.\n")
     if not args.no_plot:
-        from harness.plot import plot
+        from ackit.plot import plot
 
         plot(report, args.out / "ac-report.png")
     print(

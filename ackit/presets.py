@@ -1,8 +1,8 @@
-"""AC modes by name: one vocabulary for the tests, the report and the benchmarks.
+"""AC configurations by name (presets): one vocabulary for the tests, the report and the benchmarks.
 
 "op" is op-SAC as configured by default (the MoE router's matmuls forced to
 recompute); "op-no-force" forces nothing; "op-force-output" forces the
-toy's output projection. `harness.models.toy.REFERENCE` uses these names.
+toy's output projection. `ackit.models.toy.REFERENCE` uses these names.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from ac import ACConfig
 
 BUDGETS = (0.1, 0.25, 0.5, 0.75)
 
-MODES: dict[str, ACConfig] = {
+PRESETS: dict[str, ACConfig] = {
     "none": ACConfig(mode="none"),
     "full": ACConfig(mode="full"),
     "layer-1": ACConfig(selective_ac_option="1"),

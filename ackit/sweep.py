@@ -1,11 +1,11 @@
-"""The measurements behind `python -m harness report`: every AC mode on every reference model.
+"""The measurements behind `python -m ackit report`: every AC mode on every reference model.
 
 Per mode: flops (FlopCounterMode), activation and peak bytes (MemTracker),
 gradients against no AC's, step time (median of interleaved steps, warm-up
 excluded), and on CUDA the allocator's bytes. Compiled rows compile each block
 after AC (`ACConfig.compile`); torch.compile refuses dispatch modes, so their
 memory is what autograd saves and their gradients are compared with compiled
-no AC's within float tolerance. Kept apart from the CLI so `python -m harness`
+no AC's within float tolerance. Kept apart from the CLI so `python -m ackit`
 stays free of torch until a report is asked for.
 """
 
@@ -14,15 +14,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from ac import ACConfig, apply_ac
-from harness import measure, models
-from harness.modes import MODES
+from ackit import models, timing
+from ackit.presets import PRESETS
+from harness import measure, tiers
 
 # Budget runs that hold what these modes hold, to compare recompute at equal memory.
 MATCHED = ("op", "layer-2")
@@ -134,21 +135,6 @@ def _grads_equal(expected: nn.Module, actual: nn.Module) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def comparable_grads(device: torch.device) -> Iterator[None]:
-    """CUDA kernels with atomics (embedding and index_add backward) differ run to run:
-    deterministic algorithms make no AC and every mode comparable bitwise, as on CPU."""
-    if device.type != "cuda":
-        yield
-        return
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
-
-
 def run(
     names: list[str],
     device: torch.device,
@@ -156,7 +142,9 @@ def run(
     compile_backend: str | None = None,
 ) -> dict[str, list[Row]]:
     """Every mode on every model, "none" first, then compiled rows when `compile_backend` is given."""
-    with comparable_grads(device):
+    # CUDA kernels with atomics (embedding and index_add backward) differ run to run:
+    # deterministic algorithms make no AC and every mode comparable bitwise, as on CPU.
+    with tiers.deterministic_algorithms() if device.type == "cuda" else contextlib.nullcontext():
         return {name: _model_rows(name, device, progress, compile_backend) for name in names}
 
 
@@ -167,7 +155,7 @@ def _model_rows(
     reference = reference_model(name, device)
     figures: dict[str, dict[str, object]] = {}
     steps: dict[str, measure.Step] = {}
-    for mode, config in [*MODES.items(), *((f"budget@{m}", m) for m in MATCHED)]:
+    for mode, config in [*PRESETS.items(), *((f"budget@{m}", m) for m in MATCHED)]:
         if isinstance(config, str):  # matched: known once the mode it matches is measured
             config = ACConfig(mode="memory_budget", memory_budget=matched_budget(figures, config))
         built = models.build(name, device)
@@ -176,14 +164,14 @@ def _model_rows(
         progress(f"{name:<10} {mode:<20} {time.perf_counter() - started:6.1f}s")
     compiled_reference = None  # compiled no AC, once measured
     for mode in COMPILED_MODES if compile_backend else ():
-        config = dataclasses.replace(MODES[mode], compile=True, compile_backend=compile_backend)
+        config = dataclasses.replace(PRESETS[mode], compile=True, compile_backend=compile_backend)
         built = models.build(name, device)
         label = f"{mode} compiled"
         figures[label], grads = measure_compiled(built, config, compiled_reference)
         compiled_reference = compiled_reference or grads
         steps[label] = built.step
         progress(f"{name:<10} {label:<20} {time.perf_counter() - started:6.1f}s")
-    times = measure.step_times_ms(steps, device, WARMUP_STEPS, TIMED_STEPS)
+    times = timing.step_times_ms(steps, device, WARMUP_STEPS, TIMED_STEPS)
     progress(f"{name:<10} {'step times':<20} {time.perf_counter() - started:6.1f}s")
     return [_row(name, mode, figures[mode], figures["none"], times[mode]) for mode in figures]
 

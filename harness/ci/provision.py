@@ -26,7 +26,7 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 # Without these no tier runs; the rest of the test extra serves the features named here.
 ESSENTIAL = ("torch", "pytest", "pytest-xdist")
 SERVES = {

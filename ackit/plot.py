@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.units import MIB
+from ackit.units import MIB
 
 # (x field, x label, front key in the report): the two panels of a model's row.
 PANELS = (
