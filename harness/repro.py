@@ -12,8 +12,8 @@ import pytest
 from harness import devices, tiers
 
 # Variables that change what a test computes or where it runs.
-_PREFIXES = ("HARNESS_", "NCCL_", "TORCH_", "TORCHINDUCTOR_", "CUBLAS_", "CUDA_LAUNCH_BLOCKING")
-_NAMES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED")
+CARRIED_PREFIXES = ("HARNESS_", "NCCL_", "TORCH_", "TORCHINDUCTOR_", "CUBLAS_", "CUDA_LAUNCH_BLOCKING")
+CARRIED_NAMES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED")
 # The harness's own bookkeeping, set afresh by every run.
 _INTERNAL = (
     devices.PHYSICAL_GPUS_ENV,
@@ -39,7 +39,7 @@ def rerun_env(tier: str | None, leased: tuple[str, ...]) -> dict[str, str]:
     env = {
         name: value
         for name, value in os.environ.items()
-        if (name.startswith(_PREFIXES) or name in _NAMES) and name not in _INTERNAL
+        if (name.startswith(CARRIED_PREFIXES) or name in CARRIED_NAMES) and name not in _INTERNAL
     }
     env.pop("CUBLAS_WORKSPACE_CONFIG", None)  # the tier sets it
     if tier is not None and tiers.TIERS[tier].min_gpus and leased and not devices.fake_gpu_count():

@@ -12,6 +12,7 @@ records each op's wall time, which prices recompute in eager mode. Blocks whose 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections import Counter
@@ -138,9 +139,11 @@ def profile_block(
 
     `timed`: also run it once for real and record each op's wall time. Dispatch
     modes already active (a FlopCounterMode, a MemTracker) are set aside
-    meanwhile: the profile is not part of the step they measure.
+    meanwhile: the profile is not part of the step they measure. Buffers (BatchNorm's
+    running statistics) end as they were: fake tensor mode still runs in-place updates of
+    real buffers by constants (`num_batches_tracked += 1`), and the other runs are real.
     """
-    with _disable_current_modes():
+    with _disable_current_modes(), _buffers_kept(block):
         try:
             mode = FakeTensorMode(allow_non_fake_inputs=True)
             fake_args, fake_kwargs = tree_map_only(torch.Tensor, mode.from_tensor, (args, kwargs))
@@ -186,18 +189,25 @@ class _Timer(TorchDispatchMode):
 
 
 def _op_times(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[Any, float]]:
-    """Each op of one real forward with its wall time; RNG streams and buffers are left as they were."""
+    """Each op of one real forward with its wall time; RNG streams are left as they were."""
     tensors = (t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor))
     device = next((t.device for t in tensors), torch.device("cpu"))
-    buffers = {name: buffer.clone() for name, buffer in block.named_buffers()}
     real_args, real_kwargs = tree_map_only(torch.Tensor, _detached, (args, kwargs))
     timer = _Timer(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad(), timer:
         block(*real_args, **real_kwargs)
-    with torch.no_grad():
-        for name, buffer in block.named_buffers():
-            buffer.copy_(buffers[name])
     return timer.times
+
+
+@contextlib.contextmanager
+def _buffers_kept(block: nn.Module) -> Iterator[None]:
+    saved = {name: buffer.clone() for name, buffer in block.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, buffer in block.named_buffers():
+                buffer.copy_(saved[name])
 
 
 def _detached(tensor: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ CARRIED = {
 def environ(monkeypatch):
     """Only the variables a test sets here, of those a repro line may carry."""
     for name in list(os.environ):
-        if name.startswith(repro._PREFIXES) or name in repro._NAMES:
+        if name.startswith(repro.CARRIED_PREFIXES) or name in repro.CARRIED_NAMES:
             monkeypatch.delenv(name)
     for name, value in {
         **CARRIED,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from harness import devices, measure, tiers
 from harness.env import TierEnv
@@ -85,3 +86,16 @@ def test_grads_compare_bitwise_only_when_both_tolerances_are_zero():
     measure.assert_grads_match(exact, near, rtol=0.25, atol=0.0)
     with pytest.raises(AssertionError, match="weight: Tensor-likes are not close"):
         measure.assert_grads_match(exact, near, rtol=0.0, atol=0.1)
+
+
+def test_bitwise_means_bitwise_one_ulp_apart_is_a_difference():
+    expected, actual = nn.Linear(3, 2), nn.Linear(3, 2)
+    actual.load_state_dict(expected.state_dict())
+    for model in (expected, actual):
+        model(torch.ones(1, 3)).sum().backward()
+    measure.assert_grads_match(expected, actual)
+    with torch.no_grad():
+        actual.weight.grad[1, 2] = torch.nextafter(actual.weight.grad[1, 2], torch.tensor(float("inf")))
+    with pytest.raises(AssertionError, match="weight: gradients are not bitwise equal"):
+        measure.assert_grads_match(expected, actual)
+    measure.assert_grads_match(expected, actual, rtol=1e-6, atol=0.0)  # within a tolerance it passes
