@@ -47,21 +47,21 @@ def fake_gpu_count() -> int:
     return int(raw)
 
 
-def parse_seconds(text: str, name: str) -> float:
-    """A wait in seconds, above 0 and at most `MAX_WAIT_S`; anything else names `name`."""
+def parse_seconds(text: str, label: str) -> float:
+    """A wait in seconds, above 0 and at most `MAX_WAIT_S`; anything else names `label`."""
     try:
         seconds = float(text)
     except ValueError:
         seconds = math.nan
     if not 0 < seconds <= MAX_WAIT_S:
-        raise ValueError(f"{name} {text!r} must be a number of seconds above 0 and at most {MAX_WAIT_S:g}")
+        raise ValueError(f"{label}: must be a number of seconds above 0 and at most {MAX_WAIT_S:g}")
     return seconds
 
 
 def lease_timeout() -> float:
     """`HARNESS_LEASE_TIMEOUT`, checked, else the default."""
     raw = os.environ.get(LEASE_TIMEOUT_ENV)
-    return DEFAULT_LEASE_TIMEOUT_S if raw is None else parse_seconds(raw, LEASE_TIMEOUT_ENV)
+    return DEFAULT_LEASE_TIMEOUT_S if raw is None else parse_seconds(raw, f"{LEASE_TIMEOUT_ENV}={raw!r}")
 
 
 def parse_cuda_visible_devices(text: str) -> list[str]:

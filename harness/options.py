@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from harness import seeding, tiers
+from harness import devices, seeding, tiers, validation
 
 ENABLE_INI = "harness"
 QUARANTINE_INI = "harness_quarantine"
@@ -126,12 +126,15 @@ def parse(config: pytest.Config) -> Options:
                 + ". Refusing to report green."
             )
     timeout = config.getoption("--dist-timeout")
-    if not timeout > 0:
-        raise pytest.UsageError(f"--dist-timeout {timeout:g}: must be a number of seconds above 0")
-    return Options(
-        selected,
-        timeout,
-        config.getoption("--harness-seed"),
-        parse_gpu_range(config.getoption("--gpu-range")),
-        inventory,
-    )
+    try:
+        devices.parse_seconds(str(timeout), f"--dist-timeout {timeout:g}")
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+    seed = config.getoption("--harness-seed")
+    if not 0 <= seed <= seeding.MAX_SEED:
+        raise pytest.UsageError(f"--harness-seed {seed}: must be an integer from 0 to {seeding.MAX_SEED}")
+    for option in ("--record-durations", "--harness-inventory"):
+        path = config.getoption(option)
+        if path and (problem := validation.output_file_problem(path)) is not None:
+            raise pytest.UsageError(f"{option} {path!r}: {problem}")
+    return Options(selected, timeout, seed, parse_gpu_range(config.getoption("--gpu-range")), inventory)

@@ -110,6 +110,7 @@ def open_lock(path: Path) -> int:
 def write_atomically(path: Path, text: str) -> None:
     """Replace `path` with `text` in one step: a reader, or a run killed half-way, sees
     the old content or the new, never a part (a temporary file in the same folder, renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as out:

@@ -16,6 +16,10 @@ def _report(nodeid: str, when: str, duration: float, outcome: str = "passed") ->
     return pytest.TestReport(nodeid, ("t.py", 1, nodeid), {}, outcome, None, when, duration=duration)
 
 
+class _Session:
+    shouldstop = False
+
+
 def test_a_test_records_setup_call_and_teardown_and_a_rerun_attempt_not_at_all(tmp_path):
     recorder = durations.Recorder(str(tmp_path / "out" / "durations.json"))
     for report in [
@@ -24,10 +28,12 @@ def test_a_test_records_setup_call_and_teardown_and_a_rerun_attempt_not_at_all(t
         _report("t.py::a", "teardown", 0.125),
         _report("t.py::b", "call", 9.0, outcome="rerun"),
         _report("t.py::b", "call", 2.0),
+        _report("t.py::b", "teardown", 0.0),
         _report("t.py::c", "call", 0.0),
+        _report("t.py::c", "teardown", 0.0),
     ]:
         recorder.pytest_runtest_logreport(report)
-    recorder.pytest_sessionfinish()
+    recorder.pytest_sessionfinish(_Session(), pytest.ExitCode.OK)
     assert (tmp_path / "out" / "durations.json").read_text() == (
         '{\n "t.py::a": 1.375,\n "t.py::b": 2.0,\n "t.py::c": 0.0\n}\n'
     )
