@@ -76,6 +76,22 @@ class UsageExit:
     def __init__(self) -> None:
         self.seen = False
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """A usage error found across the items (a misspelled marker, say) ends a plain run at
+        once; an xdist worker cannot do that (its controller reports an INTERNALERROR), so it
+        reports the error as a failed collection and runs nothing."""
+        try:
+            return (yield)
+        except pytest.UsageError as error:
+            if not hasattr(config, "workerinput"):
+                raise
+            for line in error.args:
+                report = pytest.CollectReport("", "failed", f"{PREFIX}{line}", [])
+                config.hook.pytest_collectreport(report=report)
+            items.clear()
+            return None
+
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed and str(report.longrepr).startswith(PREFIX):
             self.seen = True

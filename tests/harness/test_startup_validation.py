@@ -138,3 +138,22 @@ def test_a_requested_tier_that_cannot_run_is_an_error_even_beside_one_that_can(p
         "ERROR: requested tier cannot run on this machine: tier 'gpu' needs at least 1 GPU(s); "
         "this machine has no CUDA device. Refusing to report green."
     )
+
+
+def test_under_xdist_a_marker_error_is_a_usage_error_too_never_an_internal_error(pytester, plain_host):
+    """Workers collect; a usage error raised in one used to reach the controller as an INTERNALERROR."""
+    pytester.makepyfile(
+        test_argument="import pytest\n\n@pytest.mark.gpus(0)\ndef test_m(tier):\n    pass\n",
+        test_spelling="import pytest\n\n@pytest.mark.world_sise(2)\ndef test_m(tier):\n    pass\n",
+    )
+    result = pytester.runpytest(
+        "-n", "1", "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestUnknownMarkWarning"
+    )
+    text = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, text
+    assert "INTERNALERROR" not in text and "Traceback" not in text, text
+    assert (
+        f"{markers.PREFIX}test_argument.py::test_m: @pytest.mark.gpus: takes one int from 1 to 16, got 0"
+        in text
+    )
+    assert f"{markers.PREFIX}test_spelling.py::test_m[cpu]: unknown marker 'world_sise'" in text
