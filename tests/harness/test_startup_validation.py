@@ -4,9 +4,11 @@ usage-error exit (4), and no traceback, before any test runs (issue 23, part 1).
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 
-from harness import devices, markers, options, validation
+from harness import devices, markers, options, safe_paths, validation
 
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(120)]
 
@@ -157,3 +159,16 @@ def test_under_xdist_a_marker_error_is_a_usage_error_too_never_an_internal_error
         in text
     )
     assert f"{markers.PREFIX}test_spelling.py::test_m[cpu]: unknown marker 'world_sise'" in text
+
+
+def test_a_rank_log_folder_another_user_could_write_in_stops_the_run_at_start(
+    pytester, plain_host, monkeypatch, tmp_path
+):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    planted = safe_paths.user_temp_dir(safe_paths.RANK_LOGS_DIR)
+    planted.mkdir()
+    planted.chmod(0o777)
+    assert _one_line_usage_error(_collect(pytester)) == (
+        f"ERROR: rank-log folder (in the temp dir, per user): {planted} has mode 0777: others can write "
+        "in it; it must be 0700"
+    )
