@@ -81,7 +81,7 @@ def folder_problems() -> list[str]:
     checks = [
         ("rank-log folder", lambda: safe_paths.secure_dir(safe_paths.user_temp_dir(safe_paths.RANK_LOGS_DIR)))
     ]
-    if not os.environ.get(devices.LEASE_DIR_ENV) and devices.gpu_count():
+    if not os.environ.get(devices.LEASE_DIR_ENV) and _gpus_visible():
         checks.append(("GPU lease folder", devices.lease_dir))
     for what, check in checks:
         try:
@@ -89,6 +89,13 @@ def folder_problems() -> list[str]:
         except OSError as error:
             problems.append(f"{what} (in the temp dir, per user): {error}")
     return problems
+
+
+def _gpus_visible() -> bool:
+    try:
+        return devices.gpu_count() > 0
+    except ValueError:
+        return False  # a bad HARNESS_FAKE_GPUS, reported on its own
 
 
 def split_durations_problem(config: pytest.Config) -> str | None:
@@ -106,9 +113,7 @@ def split_durations_problem(config: pytest.Config) -> str | None:
 
 def check(config: pytest.Config) -> None:
     """Every start-up problem at once, as one usage error of one line each."""
-    problems = environment_problems()
-    if not any(p.startswith(devices.FAKE_GPUS_ENV) for p in problems):
-        problems += folder_problems()
+    problems = environment_problems() + folder_problems()
     if (split := split_durations_problem(config)) is not None:
         problems.append(split)
     if problems:
