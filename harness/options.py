@@ -92,11 +92,13 @@ def add_options(parser: pytest.Parser) -> None:
 
 def enabled(config: pytest.Config) -> bool:
     """The opt-in: the project's ini says so, or this run names tiers or asks for an inventory."""
-    return bool(
-        config.getini(ENABLE_INI)
-        or config.getoption("--tier") is not None
-        or config.getoption("--harness-inventory")
-    )
+    try:
+        ini = config.getini(ENABLE_INI)
+    except pytest.UsageError as error:  # pytest's own line names neither the key nor the file
+        raise pytest.UsageError(
+            f"ini key {ENABLE_INI} in {config.inipath}: {error}; use true or false"
+        ) from None
+    return bool(ini or config.getoption("--tier") is not None or config.getoption("--harness-inventory"))
 
 
 def parse_gpu_range(text: str | None) -> tuple[int, int] | None:

@@ -140,6 +140,13 @@ def test_a_quarantine_list_of_the_wrong_shape_is_one_usage_error_line(pytester, 
     assert line == f"ERROR: quarantine list {pytester.path / 'quarantine.toml'}: {BAD_QUARANTINE[entry]}"
 
 
+def test_a_bad_ini_switch_is_one_usage_error_line_naming_the_key_and_the_file(pytester, plain_host):
+    pytester.makeini("[pytest]\nharness = maybe\n")
+    assert _one_line_usage_error(_collect(pytester)) == (
+        f"ERROR: ini key harness in {pytester.path / 'tox.ini'}: invalid truth value 'maybe'; use true or false"
+    )
+
+
 def test_a_durations_file_pytest_split_would_choke_on_is_one_usage_error_line(pytester, plain_host):
     (pytester.path / "durations.json").write_text('{"test_x.py::test_x[cpu]": -1}')
     result = _collect(pytester, "--splits", "2", "--group", "1", "--durations-path", "durations.json")
