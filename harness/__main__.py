@@ -68,7 +68,8 @@ def _gpu_tiers(_: argparse.Namespace) -> int:
 
 def _merge_durations(args: argparse.Namespace) -> int:
     keep = {e.id for e in inventory.read(args.inventory)} if args.inventory else None
-    merged = durations.merge(durations.load(args.base), [durations.load(p) for p in args.records], keep)
+    records = [durations.load(p, must_exist=True) for p in args.records]
+    merged = durations.merge(durations.load(args.base, must_exist=True), records, keep)
     durations.save(args.out, merged)
     print(f"{len(merged)} durations written to {args.out}")
     return 0

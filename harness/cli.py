@@ -17,10 +17,11 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def run(main: Callable[[list[str] | None], int], prog: str, argv: list[str] | None = None) -> int:
-    """`main` for a shell: a ValueError becomes one line on stderr and exit code 2."""
+    """`main` for a shell: a ValueError or an OSError (a path that is a folder, a file it
+    cannot write) becomes one line on stderr and exit code 2."""
     try:
         return main(argv)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         command = (argv if argv is not None else sys.argv[1:])[:1]
         print(f"{prog} {' '.join(command)}: error: {error}", file=sys.stderr)
         return 2

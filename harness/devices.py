@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from harness import safe_paths
 
 FAKE_GPUS_ENV = "HARNESS_FAKE_GPUS"
 PHYSICAL_GPUS_ENV = "HARNESS_PHYSICAL_GPUS"  # the caller's visible list, before pinning
@@ -26,6 +28,11 @@ LEASE_DIR_ENV = "HARNESS_LEASE_DIR"
 LEASE_LOG_ENV = "HARNESS_LEASE_LOG"
 LEASE_TIMEOUT_ENV = "HARNESS_LEASE_TIMEOUT"
 DEFAULT_LEASE_TIMEOUT_S = 1800.0
+# The most GPUs one host gives (HGX-2, DGX-2: 16): more fake ones, or a test needing more
+# than this and than the host shows, is a mistake, not a wait.
+MAX_HOST_GPUS = 16
+# The longest any harness wait may be (7 days): beyond it, timeouts overflow C timers.
+MAX_WAIT_S = 7 * 24 * 3600.0
 _NVIDIA_DRIVER_GPUS = Path("/proc/driver/nvidia/gpus")
 
 
@@ -35,9 +42,26 @@ class LeaseTimeout(RuntimeError):
 
 def fake_gpu_count() -> int:
     raw = os.environ.get(FAKE_GPUS_ENV, "0") or "0"
-    if not raw.isdigit():
-        raise ValueError(f"{FAKE_GPUS_ENV}={raw!r} must be a non-negative integer")
+    if not raw.isdigit() or int(raw) > MAX_HOST_GPUS:
+        raise ValueError(f"{FAKE_GPUS_ENV}={raw!r} must be an integer from 0 to {MAX_HOST_GPUS}")
     return int(raw)
+
+
+def parse_seconds(text: str, label: str) -> float:
+    """A wait in seconds, above 0 and at most `MAX_WAIT_S`; anything else names `label`."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_WAIT_S:
+        raise ValueError(f"{label}: must be a number of seconds above 0 and at most {MAX_WAIT_S:g}")
+    return seconds
+
+
+def lease_timeout() -> float:
+    """`HARNESS_LEASE_TIMEOUT`, checked, else the default."""
+    raw = os.environ.get(LEASE_TIMEOUT_ENV)
+    return DEFAULT_LEASE_TIMEOUT_S if raw is None else parse_seconds(raw, f"{LEASE_TIMEOUT_ENV}={raw!r}")
 
 
 def parse_cuda_visible_devices(text: str) -> list[str]:
@@ -119,11 +143,11 @@ def cuda_index(device_id: str) -> int:
     return seen.index(device_id)
 
 
-def _lease_dir() -> Path:
-    default = Path(tempfile.gettempdir()) / f"harness-gpu-leases-{os.getuid()}"
-    path = Path(os.environ.get(LEASE_DIR_ENV) or default)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def lease_dir() -> Path:
+    """The lock folder, created 0700 and refused when another user could change it
+    (group-shared only by the operator's choice: see `safe_paths`)."""
+    path = Path(os.environ.get(LEASE_DIR_ENV) or safe_paths.user_temp_dir(safe_paths.LEASES_DIR))
+    return safe_paths.secure_dir(path, allow_group=True)
 
 
 def _log(event: str, devices: list[str], holder: str) -> None:
@@ -136,7 +160,7 @@ def _log(event: str, devices: list[str], holder: str) -> None:
 
 
 def _try_lock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = safe_paths.open_lock(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -170,10 +194,8 @@ def lease(count: int, holder: str, timeout: float | None = None) -> Iterator[lis
     gpus = visible_gpus()
     if count > len(gpus):
         raise LeaseTimeout(f"{holder} needs {count} GPU(s); only {len(gpus)} are visible: {gpus}")
-    timeout = (
-        float(os.environ.get(LEASE_TIMEOUT_ENV, DEFAULT_LEASE_TIMEOUT_S)) if timeout is None else timeout
-    )
-    lock_dir = _lease_dir()
+    timeout = lease_timeout() if timeout is None else timeout
+    lock_dir = lease_dir()
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:

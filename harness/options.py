@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from harness import seeding, tiers
+from harness import devices, seeding, tiers, validation
 
 ENABLE_INI = "harness"
 QUARANTINE_INI = "harness_quarantine"
@@ -92,11 +92,13 @@ def add_options(parser: pytest.Parser) -> None:
 
 def enabled(config: pytest.Config) -> bool:
     """The opt-in: the project's ini says so, or this run names tiers or asks for an inventory."""
-    return bool(
-        config.getini(ENABLE_INI)
-        or config.getoption("--tier") is not None
-        or config.getoption("--harness-inventory")
-    )
+    try:
+        ini = config.getini(ENABLE_INI)
+    except pytest.UsageError as error:  # pytest's own line names neither the key nor the file
+        raise pytest.UsageError(
+            f"ini key {ENABLE_INI} in {config.inipath}: {error}; use true or false"
+        ) from None
+    return bool(ini or config.getoption("--tier") is not None or config.getoption("--harness-inventory"))
 
 
 def parse_gpu_range(text: str | None) -> tuple[int, int] | None:
@@ -126,12 +128,15 @@ def parse(config: pytest.Config) -> Options:
                 + ". Refusing to report green."
             )
     timeout = config.getoption("--dist-timeout")
-    if not timeout > 0:
-        raise pytest.UsageError(f"--dist-timeout {timeout:g}: must be a number of seconds above 0")
-    return Options(
-        selected,
-        timeout,
-        config.getoption("--harness-seed"),
-        parse_gpu_range(config.getoption("--gpu-range")),
-        inventory,
-    )
+    try:
+        devices.parse_seconds(str(timeout), f"--dist-timeout {timeout:g}")
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+    seed = config.getoption("--harness-seed")
+    if not 0 <= seed <= seeding.MAX_SEED:
+        raise pytest.UsageError(f"--harness-seed {seed}: must be an integer from 0 to {seeding.MAX_SEED}")
+    for option in ("--record-durations", "--harness-inventory"):
+        path = config.getoption(option)
+        if path and (problem := validation.output_file_problem(path)) is not None:
+            raise pytest.UsageError(f"{option} {path!r}: {problem}")
+    return Options(selected, timeout, seed, parse_gpu_range(config.getoption("--gpu-range")), inventory)

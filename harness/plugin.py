@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from harness import devices, options, quarantine, reporting, seeding, summary, tiers
+from harness import devices, markers, options, quarantine, reporting, seeding, summary, tiers, validation
 from harness.ci import durations, inventory
 from harness.options import DEFAULT_DIST_TIMEOUT_S, ENABLE_INI, MARKERS, OPTIONS_KEY, QUARANTINE_INI, Options
 from harness.tiers import TIER_PARAM, tier_name
@@ -33,9 +33,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-split reads the durations file it checks
 def pytest_configure(config: pytest.Config) -> None:
     if not options.enabled(config):
         return
+    validation.check(config)
     run_options = options.parse(config)
     config.stash[OPTIONS_KEY] = run_options
     for line in MARKERS.values():
@@ -49,6 +51,7 @@ def pytest_configure(config: pytest.Config) -> None:
     listed = _quarantine(config)
     register = config.pluginmanager.register
     register(TierHooks(run_options), "harness-tiers")
+    register(markers.UsageExit(), "harness-usage-exit")
     if not is_xdist_controller(config):
         # Imported here, not at the top: the ranks import torch (seconds), which an xdist
         # controller and a project that leaves the plugin off never need.
@@ -107,6 +110,8 @@ class TierHooks:
         if not (multi_rank or "tier" in metafunc.fixturenames or node.get_closest_marker("tiers")):
             return
         names = list(tiers.tiers_for(node, multi_rank))
+        if (gpus := node.get_closest_marker("gpus")) is not None:
+            markers.gpu_count(gpus, node.nodeid, tiers.max_gpus())
         if TIER_PARAM not in metafunc.fixturenames:
             metafunc.fixturenames.append(TIER_PARAM)
         metafunc.parametrize(TIER_PARAM, names, ids=names, indirect=True)

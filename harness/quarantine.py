@@ -54,8 +54,11 @@ def load(path: Path) -> Quarantine:
     ready_after = data.get("ready_after", DEFAULT_READY_AFTER)
     if isinstance(ready_after, bool) or not isinstance(ready_after, int) or ready_after < 1:
         raise ValueError(f"quarantine list {path}: ready_after={ready_after!r} must be a positive integer")
+    tests = data.get("test", [])
+    if not isinstance(tests, list) or not all(isinstance(raw, dict) for raw in tests):
+        raise ValueError(f"quarantine list {path}: `test` must be [[test]] tables, got {tests!r}")
     entries = []
-    for index, raw in enumerate(data.get("test", [])):
+    for index, raw in enumerate(tests):
         missing = [
             key for key in ("id", "reason", "link") if not isinstance(raw.get(key), str) or not raw[key]
         ]

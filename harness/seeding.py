@@ -10,6 +10,7 @@ import random
 import sys
 
 DEFAULT_SEED = 0
+MAX_SEED = 2**32 - 1  # numpy's global generator takes no larger seed
 
 
 def seed_all(seed: int) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from harness import devices
+from harness import devices, markers
 
 if TYPE_CHECKING:
     from harness.env import TierEnv
@@ -131,12 +131,7 @@ def tiers_for(node: pytest.Item, multi_rank: bool) -> tuple[str, ...]:
     """The tiers a test runs in: its `tiers` marker, else every tier of its kind."""
     marker = node.get_closest_marker("tiers")
     if marker is not None:
-        names = tuple(marker.args)
-        try:
-            parse_tier_list(",".join(names))
-        except ValueError as error:
-            raise pytest.UsageError(f"{node.nodeid}: @pytest.mark.tiers: {error}") from None
-        return names
+        return markers.tier_names(marker, node.nodeid, list(TIERS))
     return tuple(t.name for t in TIERS.values() if (t.multi_rank if multi_rank else t.plain))
 
 
@@ -148,6 +143,11 @@ def tier_name(item: pytest.Item) -> str | None:
 def world_size_of(item: pytest.Item) -> int | None:
     callspec = getattr(item, "callspec", None)
     return callspec.params.get("world_size") if callspec is not None else None
+
+
+def max_gpus() -> int:
+    """The most GPUs a test may ask for: what the largest host gives, or this one if larger."""
+    return max(devices.MAX_HOST_GPUS, devices.gpu_count())
 
 
 def gpus_needed(item: pytest.Item, name: str) -> int:

@@ -29,18 +29,21 @@ for n in 2 4 8; do
     if [ "$RUNNER_GPUS" -ge "$n" ]; then labels="$labels,gpu-$n"; fi
 done
 
-# One lease directory per host, shared by every job container (see ci.yml).
-mkdir -p /var/lib/harness-gpu-leases
+# One lease directory per host, shared by every job container (see ci.yml); root's
+# alone (0700), since the harness refuses a lease folder others can write in.
+install -d -m 700 /var/lib/harness-gpu-leases
 
 mint_jitconfig() {
     local name="$1" body
     body=$(jq -n --arg name "$name" --argjson group "$RUNNER_GROUP_ID" --arg labels "$labels" \
         '{name: $name, runner_group_id: $group, labels: ($labels | split(",")), work_folder: "_work"}')
-    curl --fail --silent --show-error -X POST \
-        -H "Accept: application/vnd.github+json" \
-        -H "Authorization: Bearer $(cat "$GITHUB_TOKEN_FILE")" \
-        "$api/repos/$GITHUB_REPOSITORY/actions/runners/generate-jitconfig" \
-        -d "$body" | jq -r .encoded_jit_config
+    # The token reaches curl on stdin (--config -), written by bash's builtin printf:
+    # never in an argument, which every local user can read in /proc/<pid>/cmdline.
+    printf 'header = "Authorization: Bearer %s"\n' "$(<"$GITHUB_TOKEN_FILE")" |
+        curl --fail --silent --show-error --config - -X POST \
+            -H "Accept: application/vnd.github+json" \
+            "$api/repos/$GITHUB_REPOSITORY/actions/runners/generate-jitconfig" \
+            -d "$body" | jq -r .encoded_jit_config
 }
 
 while true; do
@@ -54,9 +57,9 @@ while true; do
         sleep 60
         continue
     fi
-    envfile=$(mktemp)
-    chmod 600 "$envfile"
-    printf 'RUNNER_JITCONFIG=%s\n' "$jit" > "$envfile"
+    envfile=$(mktemp) # 0600: the config registers a runner, so it travels in a file,
+    # then in the runner's environment (readable by its own user only), never in argv
+    printf 'ACTIONS_RUNNER_INPUT_JITCONFIG=%s\n' "$jit" > "$envfile"
     docker run --rm --name "$name" \
         --gpus all \
         --env-file "$envfile" \

@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 
-from harness import tiers
+from harness import markers, tiers
 from harness.options import OPTIONS_KEY
 from harness.ranks import calls
 from harness.ranks.pool import PoolKey, PoolRegistry, RunResult
@@ -42,13 +42,6 @@ def _echo(rank: int, text: str) -> None:
     sys.stdout.flush()
 
 
-def _sizes(value: object, where: str) -> list[int]:
-    sizes = list(value) if isinstance(value, (list, tuple)) else [value]
-    if not sizes or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes):
-        raise pytest.UsageError(f"{where}: world_size takes a positive int or a list of them, got {value!r}")
-    return sizes
-
-
 class RankHooks:
     """Runs world_size tests in pooled ranks; one registry of pools per pytest process."""
 
@@ -60,18 +53,19 @@ class RankHooks:
         self.registry.close_all()
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        nodeid = metafunc.definition.nodeid
         marker = metafunc.definition.get_closest_marker("world_size")
         if marker is None:
             if metafunc.definition.get_closest_marker("isolated") is not None:
-                raise pytest.UsageError(
-                    f"{metafunc.definition.nodeid}: @pytest.mark.isolated needs world_size(n)"
-                )
+                raise markers.MarkerError(nodeid, "isolated", "needs world_size(n) on the same test")
             return
-        if len(marker.args) != 1:
-            raise pytest.UsageError(
-                f"{metafunc.definition.nodeid}: world_size takes one argument (an int or a list)"
+        if len(marker.args) != 1 or set(marker.kwargs) - {"cpu"}:
+            raise markers.MarkerError(
+                nodeid, "world_size", "takes one argument (an int or a list) and optionally cpu="
             )
-        sizes = _sizes(marker.args[0], metafunc.definition.nodeid)
+        sizes = markers.world_sizes(marker.args[0], nodeid)
+        if "cpu" in marker.kwargs:
+            markers.world_sizes(marker.kwargs["cpu"], nodeid, "cpu=")
         if "world_size" not in metafunc.fixturenames:
             metafunc.fixturenames.append("world_size")
         metafunc.parametrize("world_size", sizes, ids=[f"ws{n}" for n in sizes])
@@ -91,7 +85,7 @@ class RankHooks:
             if (
                 tier_name(item) == "cpu"
                 and cpu_sizes is not None
-                and tiers.world_size_of(item) not in _sizes(cpu_sizes, item.nodeid)
+                and tiers.world_size_of(item) not in markers.world_sizes(cpu_sizes, item.nodeid)
             ):
                 dropped.append(item)
                 continue

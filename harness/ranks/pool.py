@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch.multiprocessing
 
-from harness import tiers
+from harness import safe_paths, tiers
 from harness.ranks import rendezvous, worker
 from harness.ranks.calls import Call
 from harness.ranks.results import CRASHED, FAILED, RUNNING, RankReport, Verdict, exit_report, verdict
@@ -76,7 +76,8 @@ def rank_context() -> BaseContext:
 
 
 def logs_root() -> Path:
-    return Path(tempfile.gettempdir()) / f"harness-ranks-{os.getuid()}"
+    """This user's rank-log folder, created 0700 and refused when another user could change it."""
+    return safe_paths.secure_dir(safe_paths.user_temp_dir(safe_paths.RANK_LOGS_DIR))
 
 
 def remove_stale_logs() -> None:
@@ -113,9 +114,7 @@ class RankPool:
         self.grace_s = grace_s
         self.broken = False
         self.ready = False
-        root = logs_root()
-        root.mkdir(parents=True, exist_ok=True)
-        self.logdir = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root)
+        self.logdir = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=logs_root())
         group_timeout = max(1.0, 0.8 * timeout_s)
         self.store = rendezvous.host_store(key.world_size, group_timeout)
         cuda_ids = key.device_ids if key.backend == "nccl" else ()
@@ -178,7 +177,7 @@ class RankPool:
         """Ranks append, so emptying the logs between tests caps them at one test's output."""
         for path in self.log_paths:
             with contextlib.suppress(OSError):
-                os.truncate(path, 0)
+                safe_paths.truncate(path)
 
     def wait_ready(self) -> None:
         """Block until every rank has joined the process group."""

@@ -26,7 +26,7 @@ from multiprocessing.connection import Connection
 import pytest
 import torch.distributed as dist
 
-from harness import tiers
+from harness import safe_paths, tiers
 from harness.ranks import calls, children, rendezvous, state
 from harness.ranks.results import RankReport
 
@@ -76,7 +76,7 @@ def _tie_to_owner(owner_pid: int) -> None:
 
 def _log_to(path: str) -> None:
     """Send fds 1 and 2 to the rank's log; the pool slices it per test and reads stack dumps from it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = safe_paths.open_new(path)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)

@@ -16,6 +16,10 @@ def _report(nodeid: str, when: str, duration: float, outcome: str = "passed") ->
     return pytest.TestReport(nodeid, ("t.py", 1, nodeid), {}, outcome, None, when, duration=duration)
 
 
+class _Session:
+    shouldstop = False
+
+
 def test_a_test_records_setup_call_and_teardown_and_a_rerun_attempt_not_at_all(tmp_path):
     recorder = durations.Recorder(str(tmp_path / "out" / "durations.json"))
     for report in [
@@ -24,10 +28,12 @@ def test_a_test_records_setup_call_and_teardown_and_a_rerun_attempt_not_at_all(t
         _report("t.py::a", "teardown", 0.125),
         _report("t.py::b", "call", 9.0, outcome="rerun"),
         _report("t.py::b", "call", 2.0),
+        _report("t.py::b", "teardown", 0.0),
         _report("t.py::c", "call", 0.0),
+        _report("t.py::c", "teardown", 0.0),
     ]:
         recorder.pytest_runtest_logreport(report)
-    recorder.pytest_sessionfinish()
+    recorder.pytest_sessionfinish(_Session(), pytest.ExitCode.OK)
     assert (tmp_path / "out" / "durations.json").read_text() == (
         '{\n "t.py::a": 1.375,\n "t.py::b": 2.0,\n "t.py::c": 0.0\n}\n'
     )
@@ -98,3 +104,138 @@ def test_a_run_with_record_durations_writes_every_executed_test(pytester):
     recorded = durations.load(out)
     assert sorted(recorded) == ["test_timed.py::test_plain", "test_timed.py::test_tiered[cpu]"]
     assert recorded["test_timed.py::test_tiered[cpu]"] >= 0.05
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str]]:
+    """`python -m harness ...` in this process: its exit code and its stderr lines."""
+    from harness import __main__ as harness_main
+    from harness import cli
+
+    code = cli.run(harness_main.main, harness_main.PROG, list(argv))
+    return code, capsys.readouterr().err.splitlines()
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A base file CI shards on, a good fresh record and an inventory naming both tests."""
+    base, record, listed = tmp_path / "base.json", tmp_path / "fresh.json", tmp_path / "inventory.json"
+    durations.save(base, {"t.py::a[cpu]": 1.0, "t.py::b[cpu]": 2.0})
+    durations.save(record, {"t.py::a[cpu]": 3.0})
+    listed.write_text(json.dumps([{"id": f"t.py::{n}[cpu]", "tier": "cpu", "gpus": 0} for n in "ab"]))
+    return base, record, listed
+
+
+@pytest.mark.parametrize(
+    ("bad", "content", "says"),
+    [
+        ("inventory", "[]", "the inventory lists no test; refusing to drop every duration"),
+        ("inventory", "{}", "expected a list of tests, got dict"),
+        ("inventory", '[{"id": 1, "tier": "tpu", "gpus": 0}]', "expected a test id and one of the tiers"),
+        ("record", "{}", "a fresh record holds no durations; refusing to merge it"),
+        ("record", None, "does not exist"),
+        ("record", '{"t.py::a[cpu]": NaN}', "'t.py::a[cpu]' has nan; expected finite, non-negative seconds"),
+        ("record", '{"t.py::a[cpu]": Infinity}', "has inf; expected finite, non-negative seconds"),
+        ("record", '{"t.py::a[cpu]": -1}', "has -1; expected finite, non-negative seconds"),
+        ("record", '{"t.py::a[cpu]": null}', "has None; expected finite, non-negative seconds"),
+        ("record", '{"t.py::a[cpu]": {"s": 1}}', "has {'s': 1}; expected finite, non-negative seconds"),
+        ("record", "dir", "cannot read it: Is a directory"),
+        ("base", '{"t.py::a[cpu]": true}', "has True; expected finite, non-negative seconds"),
+    ],
+)
+def test_merge_durations_refuses_a_bad_input_in_one_line_and_leaves_the_output_alone(
+    files, capsys, bad, content, says
+):
+    base, record, listed = files
+    target = {"base": base, "record": record, "inventory": listed}[bad]
+    before = base.read_text()
+    if content is None:
+        target.unlink()
+    elif content == "dir":
+        target.unlink()
+        target.mkdir()
+    else:
+        target.write_text(content)
+    if bad == "base":
+        before = content
+    code, err = _cli(
+        capsys,
+        "merge-durations",
+        str(record),
+        "--base",
+        str(base),
+        "--out",
+        str(base),
+        "--inventory",
+        str(listed),
+    )
+    assert code == 2 and len(err) == 1 and err[0].startswith("python -m harness merge-durations: error: "), (
+        err
+    )
+    assert says in err[0]
+    assert (base.read_text() if base.is_file() else None) == before
+
+
+def test_merge_durations_lays_a_good_record_over_the_base(files, capsys):
+    base, record, listed = files
+    code, _ = _cli(
+        capsys,
+        "merge-durations",
+        str(record),
+        "--base",
+        str(base),
+        "--out",
+        str(base),
+        "--inventory",
+        str(listed),
+    )
+    assert code == 0 and durations.load(base) == {"t.py::a[cpu]": 3.0, "t.py::b[cpu]": 2.0}
+
+
+def test_matrix_with_a_folder_as_github_output_or_a_bad_inventory_is_one_line(files, capsys, tmp_path):
+    base, _, listed = files
+    code, err = _cli(
+        capsys,
+        "matrix",
+        "--inventory",
+        str(listed),
+        "--durations",
+        str(base),
+        "--github-output",
+        str(tmp_path),
+    )
+    assert code == 2 and len(err) == 1 and "Is a directory" in err[0], err
+    listed.write_text('[{"id": "t.py::a[cpu]", "tier": "cpu", "gpus": "2"}]')
+    code, err = _cli(capsys, "matrix", "--inventory", str(listed))
+    assert code == 2 and err == [
+        f"python -m harness matrix: error: inventory {listed}: gpus must be a non-negative int, "
+        "got {'id': 't.py::a[cpu]', 'tier': 'cpu', 'gpus': '2'}"
+    ]
+
+
+CUT_SHORT = """
+import pytest
+
+def test_a():
+    pass
+
+def test_b():
+    pytest.exit("stands in for Ctrl-C: the test never reaches its teardown")
+"""
+
+
+def test_a_run_cut_short_merges_its_finished_tests_into_the_record_and_says_so(pytester):
+    """Ctrl-C used to replace a 458-entry record with 2 entries, one a false 0.001 s."""
+    record = pytester.path / "durations.json"
+    durations.save(record, {"test_cut.py::test_a": 9.0, "test_cut.py::test_b": 7.0, "other.py::t": 5.0})
+    pytester.makepyfile(test_cut=CUT_SHORT)
+    result = pytester.runpytest("--tier", "cpu", "--record-durations", str(record), "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    merged = durations.load(record)
+    assert merged["other.py::t"] == 5.0 and merged["test_cut.py::test_b"] == 7.0, "kept from before"
+    assert merged["test_cut.py::test_a"] < 9.0, "the finished test's fresh duration"
+    result.stdout.fnmatch_lines(
+        [
+            "--record-durations: the run was cut short; 1 finished tests' durations merged into *, "
+            "whose other 2 entries are kept"
+        ]
+    )

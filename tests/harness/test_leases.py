@@ -128,7 +128,7 @@ def test_the_lease_timeout_comes_from_the_environment_and_the_error_names_the_wa
 def test_locks_default_to_a_per_user_folder_in_the_temp_dir(monkeypatch):
     monkeypatch.delenv(devices.LEASE_DIR_ENV, raising=False)
     expected = Path(tempfile.gettempdir()) / f"harness-gpu-leases-{os.getuid()}"
-    assert devices._lease_dir() == expected and expected.is_dir()
+    assert devices.lease_dir() == expected and expected.is_dir()
 
 
 def test_worker_pinning_indexes_the_callers_visible_list(monkeypatch):
@@ -155,7 +155,7 @@ def test_only_xdist_workers_on_a_host_with_gpus_get_a_home_device(monkeypatch):
 
 def test_bad_fake_gpu_count_is_named(monkeypatch):
     monkeypatch.setenv(devices.FAKE_GPUS_ENV, "eight")
-    with pytest.raises(ValueError, match=r"HARNESS_FAKE_GPUS='eight' must be a non-negative integer"):
+    with pytest.raises(ValueError, match=r"HARNESS_FAKE_GPUS='eight' must be an integer from 0 to 16"):
         devices.fake_gpu_count()
 
 

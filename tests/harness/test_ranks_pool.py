@@ -228,3 +228,15 @@ def test_a_rank_that_dies_before_joining_fails_the_start_naming_its_signal():
             pool.wait_ready()
     finally:
         pool.close()
+
+
+def test_emptying_the_logs_between_tests_never_follows_a_planted_link(logs, tmp_path):
+    """A swapped rank log linking to another file must not cut that file to 0 bytes."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    os.unlink(logs.log_paths[0])
+    os.symlink(victim, logs.log_paths[0])
+    _append(logs.log_paths[1], "last test's output")
+    logs._truncate_logs()
+    assert victim.read_text() == "precious"
+    assert os.path.getsize(logs.log_paths[1]) == 0

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from harness import devices, tiers
+from harness import devices, markers, tiers
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
@@ -118,8 +118,12 @@ def test_tiers_of_a_test_are_its_marker_else_every_tier_of_its_kind():
         "multigpu",
         "gpu",
     )
-    with pytest.raises(pytest.UsageError, match=r"test_x: @pytest.mark.tiers: unknown tier \['tpu'\]"):
+    with pytest.raises(markers.MarkerError) as error:
         tiers.tiers_for(_Item(pytest.mark.tiers("cpu", "tpu")), multi_rank=False)
+    assert str(error.value) == (
+        "harness marker error: test_x.py::test_x: @pytest.mark.tiers: takes tier names, each one of "
+        "['cpu', 'gpu', 'multigpu'], got tiers('cpu', 'tpu')"
+    )
 
 
 def test_tier_lists_are_trimmed_and_an_empty_one_is_refused():

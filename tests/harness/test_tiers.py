@@ -188,8 +188,11 @@ def test_bad_tiers_marker_is_a_usage_error(pytester, no_gpus):
         """
     )
     result = pytester.runpytest()
-    assert result.ret != 0
-    assert "test_x: @pytest.mark.tiers: unknown tier ['gpus']" in result.stdout.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert (
+        "test_x: @pytest.mark.tiers: takes tier names, each one of ['cpu', 'gpu', 'multigpu'], got tiers('gpus')"
+        in result.stdout.str()
+    )
 
 
 def test_an_unrelated_project_is_left_alone(tmp_path):

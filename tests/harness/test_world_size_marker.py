@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import devices
+from harness import devices, markers
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
@@ -47,21 +47,22 @@ BAD = {
     "test_float": "world_size(2.0)",
     "test_two_args": "world_size(2, 4)",
     "test_no_args": "world_size()",
+    "test_million": "world_size(10**6)",
     "test_isolated_alone": "isolated",
 }
 
 
 def test_a_malformed_marker_stops_the_run_naming_the_test_and_what_it_takes(pytester, host):
-    """Each marker error is a collection error of its module, with the message."""
+    """Each marker error is one line naming the test, the marker and what it takes; no traceback, exit 4."""
     pytester.makepyfile(
         **{
             name: f"import pytest\n\n@pytest.mark.{mark}\ndef test_x():\n    pass\n"
             for name, mark in BAD.items()
         }
     )
-    result = pytester.runpytest("--collect-only", "-q", "-p", "no:cacheprovider", "--tb=line")
-    assert result.ret == pytest.ExitCode.INTERRUPTED
-    takes = "world_size takes a positive int or a list of them, got"
+    result = pytester.runpytest("--collect-only", "-q", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    takes = f"world_size takes an int from 1 to {markers.max_ranks()} or a list of them, got"
     for name, got in [
         ("test_zero", "0"),
         ("test_bool", "True"),
@@ -69,23 +70,26 @@ def test_a_malformed_marker_stops_the_run_naming_the_test_and_what_it_takes(pyte
         ("test_text", "'2'"),
         ("test_negative", "[2, -1]"),
         ("test_float", "2.0"),
+        ("test_million", "1000000"),
     ]:
-        assert f"E   pytest.UsageError: {name}.py::test_x: {takes} {got}" in result.outlines
+        assert f"{markers.PREFIX}{name}.py::test_x: @pytest.mark.world_size: {takes} {got}" in result.outlines
     for name in ("test_two_args", "test_no_args"):
         assert (
-            f"E   pytest.UsageError: {name}.py::test_x: world_size takes one argument (an int or a list)"
-            in result.outlines
+            f"{markers.PREFIX}{name}.py::test_x: @pytest.mark.world_size: "
+            "takes one argument (an int or a list) and optionally cpu=" in result.outlines
         )
     assert (
-        "E   pytest.UsageError: test_isolated_alone.py::test_x: "
-        "@pytest.mark.isolated needs world_size(n)" in result.outlines
+        f"{markers.PREFIX}test_isolated_alone.py::test_x: @pytest.mark.isolated: "
+        "needs world_size(n) on the same test" in result.outlines
     )
-    assert result.stdout.str().count("E   pytest.UsageError: ") == len(BAD)
+    assert result.stdout.str().count(markers.PREFIX) == len(BAD)
+    assert "Traceback" not in result.stdout.str() and not result.errlines
 
 
 def test_a_bad_cpu_size_is_refused_naming_the_test(pytester, host):
     result = _collect(pytester, "@pytest.mark.world_size(2, cpu=0)\ndef test_x():\n    pass\n")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert result.stderr.lines[0] == (
-        "ERROR: test_marked.py::test_x[ws2-cpu]: world_size takes a positive int or a list of them, got 0"
+    assert (
+        f"{markers.PREFIX}test_marked.py::test_x: @pytest.mark.world_size: cpu= takes an int from 1 to "
+        f"{markers.max_ranks()} or a list of them, got 0" in result.outlines
     )
