@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(400)]
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("ac", "ackit", "harness")
@@ -136,7 +136,7 @@ print(json.dumps({"rc": int(rc), "imported": sorted(m for m in sys.modules if m.
 
 def _clean_run(args: list[str], cwd: Path) -> dict:
     run = subprocess.run(
-        [sys.executable, "-c", CHECK_SYS_MODULES, *args], cwd=cwd, capture_output=True, text=True, timeout=100
+        [sys.executable, "-c", CHECK_SYS_MODULES, *args], cwd=cwd, capture_output=True, text=True, timeout=180
     )
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -144,7 +144,7 @@ def _clean_run(args: list[str], cwd: Path) -> dict:
 def test_importing_the_harness_leaves_ac_out():
     code = "import sys, harness, harness.plugin, harness.options, harness.env, harness.ci.matrix\n"
     code += "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ac', 'ackit')))"
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=100)
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
 
@@ -192,7 +192,6 @@ def private_reads(paths: list[Path], private: set[str]) -> list[tuple[str, int, 
 STILL_READ = {
     "test_ranks_calls.py",
     "test_ranks_pool.py",
-    "test_repro_line.py",
     "test_ac_compiled.py",
     "test_ac_policy.py",
     "test_ac_random.py",
