@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import nn
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper, checkpoint_wrapper
 from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
-from ac.budget import BudgetCheckpoint
+from ac.budget import BudgetCheckpoint, ChosenPlan
 from ac.config import ACConfig
 from ac.policy import Shape, make_op_sac_policy
 from ac.rng import RandomOpWarning
@@ -162,10 +162,30 @@ class MemoryBudgetAC(ACMode):
         self.checkpoint_fn: BudgetCheckpoint | None = None
 
     def prepare(self, container: nn.Module, prefix: str) -> None:
-        self.checkpoint_fn = BudgetCheckpoint(self.budget, container.children(), compile_backend=self.backend)
+        blocks = {f"{prefix}.{name}": block for name, block in container.named_children()}
+        self.checkpoint_fn = BudgetCheckpoint(self.budget, blocks, compile_backend=self.backend)
 
     def wrap(self, block: nn.Module, name: str, position: int) -> nn.Module:
         return self.checkpointed(block, name, watch=self.backend is None, checkpoint_fn=self.checkpoint_fn)
+
+
+def budget_checkpoint_of(model: nn.Module) -> BudgetCheckpoint | None:
+    """The `BudgetCheckpoint` serving this model's blocks (memory_budget mode), or None."""
+    for module in model.modules():
+        if not isinstance(module, ActivationWrapper):
+            continue
+        checkpoint_fn = getattr(module.checkpoint_fn, "func", None)
+        if isinstance(checkpoint_fn, WatchedCheckpoint):
+            checkpoint_fn = checkpoint_fn.checkpoint_fn
+        if isinstance(checkpoint_fn, BudgetCheckpoint):
+            return checkpoint_fn
+    return None
+
+
+def budget_plans(model: nn.Module) -> list[ChosenPlan]:
+    """What memory_budget chose for each block and input layout so far; [] in other modes."""
+    checkpoint_fn = budget_checkpoint_of(model)
+    return [] if checkpoint_fn is None else checkpoint_fn.chosen()
 
 
 # ACConfig.kind -> mode. A new mode: one class above, one line here.

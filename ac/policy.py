@@ -48,7 +48,7 @@ Shape = tuple[int, ...]
 PolicyFn = Callable[..., CheckpointPolicy]
 
 
-def _lookup(qualified_name: str) -> torch._ops.OpOverload | None:
+def lookup_op(qualified_name: str) -> torch._ops.OpOverload | None:
     """The op overload `namespace.op.overload`, or None where this torch build lacks it."""
     namespace, name, overload = qualified_name.split(".")
     packet = getattr(getattr(torch.ops, namespace), name, None)
@@ -68,7 +68,7 @@ def saved_ops() -> frozenset[torch._ops.OpOverload]:
     """Every op overload op-SAC saves on any backend this torch build has."""
     packets = _default_compute_intensive_ops()
     ops = {getattr(packet, name) for packet in packets for name in packet.overloads()}
-    ops.update(op for op in map(_lookup, _EXTRA_SAVED_OPS) if op is not None)
+    ops.update(op for op in map(lookup_op, _EXTRA_SAVED_OPS) if op is not None)
     return frozenset(ops)
 
 

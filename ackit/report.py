@@ -98,6 +98,9 @@ def table(name: str, rows: list[Row]) -> str:
     )
     if any(r.compiled for r in rows):
         legend += " Compiled rows: act MiB is what autograd saves; no flop counts (compiled graphs refuse a FlopCounterMode)."
+    plans = [f"- {r.mode}: " + "; ".join(r.plans) for r in rows if r.plans]
+    if plans:
+        legend += "\n\nPlans the budget chose (per block and input layout):\n" + "\n".join(plans)
     return "\n".join(lines) + f"\n\n{legend}\n"
 
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ac import ACConfig, apply_ac
+from ac import ACConfig, apply_ac, budget_plans
 from ackit import models, timing
 from ackit.presets import PRESETS
 from harness import measure, tiers
@@ -48,6 +48,7 @@ class Row:
     compiled: bool = False
     cuda_activation_bytes: int | None = None
     cuda_peak_bytes: int | None = None
+    plans: tuple[str, ...] = ()  # memory_budget: the plan chosen per block and input layout
 
 
 def measure_mode(built: models.Built, config: ACConfig, reference: nn.Module) -> dict[str, object]:
@@ -67,6 +68,7 @@ def measure_mode(built: models.Built, config: ACConfig, reference: nn.Module) ->
     memory = measure.memory(model, step, inputs)
     figures.update(activation_bytes=memory.activation, peak_bytes=memory.peak)
     figures.update(_cuda_figures(built))
+    figures["plans"] = tuple(chosen.describe() for chosen in budget_plans(model))
     return figures
 
 
@@ -173,10 +175,12 @@ def _model_rows(
         progress(f"{name:<10} {label:<20} {time.perf_counter() - started:6.1f}s")
     times = timing.step_times_ms(steps, device, WARMUP_STEPS, TIMED_STEPS)
     progress(f"{name:<10} {'step times':<20} {time.perf_counter() - started:6.1f}s")
-    return [_row(name, mode, figures[mode], figures["none"], times[mode]) for mode in figures]
+    return [make_row(name, mode, figures[mode], figures["none"], times[mode]) for mode in figures]
 
 
-def _row(name: str, mode: str, figures: dict[str, object], none: dict[str, object], step_ms: float) -> Row:
+def make_row(
+    name: str, mode: str, figures: dict[str, object], none: dict[str, object], step_ms: float
+) -> Row:
     fields = dict(figures)
     if fields.get("backward_flops") is not None:
         overhead = fields["backward_flops"] - none["backward_flops"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, SelectiveCheckpointContext
 
-from ac.policy import _lookup, make_op_sac_policy, saved_ops
+from ac.policy import lookup_op, make_op_sac_policy, saved_ops
 
 pytestmark = pytest.mark.tiers("cpu")
 aten = torch.ops.aten
@@ -63,9 +63,9 @@ def test_collectives_are_saved():
 
 def test_ops_this_torch_build_lacks_are_left_out():
     """Extra saved ops are named by string; a name or overload this build lacks is skipped, not an error."""
-    assert _lookup("aten.mm.default") is aten.mm.default
-    assert _lookup("aten.no_such_op.default") is None
-    assert _lookup("aten.mm.no_such_overload") is None
+    assert lookup_op("aten.mm.default") is aten.mm.default
+    assert lookup_op("aten.no_such_op.default") is None
+    assert lookup_op("aten.mm.no_such_overload") is None
 
 
 def test_cheap_ops_are_recomputed():

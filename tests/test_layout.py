@@ -194,12 +194,6 @@ STILL_READ = {
     "test_ranks_calls.py",
     "test_ranks_pool.py",
     "test_repro_line.py",
-    "test_ac_compiled.py",
-    "test_ac_policy.py",
-    "test_ac_random.py",
-    "test_device_costs.py",
-    "test_memory_budget.py",
-    "test_report.py",
 }
 
 

@@ -167,7 +167,7 @@ def test_recompute_percentage_is_extra_backward_flops_over_no_ac_step_flops():
         **held,
     }
     figures = {"none": none, "full": full, "op compiled": compiled}
-    rows = [sweep._row("m", mode, f, none, step_ms=1.23456) for mode, f in figures.items()]
+    rows = [sweep.make_row("m", mode, f, none, step_ms=1.23456) for mode, f in figures.items()]
     assert [(r.mode, r.recompute_pct, r.step_ms) for r in rows] == [
         ("none", 0.0, 1.235),
         ("full", 33.33, 1.235),
