@@ -133,6 +133,13 @@ class ACConfig:
         )
         for name in NAME_FIELDS:
             setattr(self, name, check_names(getattr(self, name), f"ACConfig.{name}", "op-output name"))
+        named = [name for name in NAME_FIELDS if getattr(self, name)]
+        if named and (self.kind != "op" or self.compile):
+            raise ValueError(
+                f"ACConfig.{named[0]} is set, but names are read only by eager per-op SAC "
+                f'(mode="selective", selective_ac_option="op", compile=False); this config has '
+                f"mode={self.mode!r}, selective_ac_option={self.selective_ac_option!r}, compile={self.compile}"
+            )
         both = set(self.per_op_sac_save_names) & set(self.per_op_sac_recompute_names)
         if both:
             raise ValueError(

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_conte
 
 from ac.budget import BudgetCheckpoint, ChosenPlan
 from ac.config import ACConfig
-from ac.policy import Shape, make_op_sac_policy
+from ac.policy import BlockNames, Shape, make_op_sac_policy
 from ac.rng import RandomOpWarning
 from ac.warn import warn_at_caller
 
@@ -113,6 +113,8 @@ class OpSAC(ACMode):
         self.patterns = config.per_op_sac_force_recompute_mm_shapes_by_fqns
         self.warn_unmatched = not config.uses_default_force_recompute_fqns
         self.forced_shapes: frozenset[Shape] = frozenset()
+        self.save_names = config.per_op_sac_save_names
+        self.recompute_names = config.per_op_sac_recompute_names
 
     def prepare(self, container: nn.Module, prefix: str) -> None:
         self.forced_shapes = frozenset(self._forced_matmul_shapes(container, prefix))
@@ -141,13 +143,35 @@ class OpSAC(ACMode):
         return shapes
 
     def wrap(self, block: nn.Module, name: str, position: int) -> nn.Module:
+        if not (self.save_names or self.recompute_names):
+            return self.checkpointed(
+                block, name, context_fn=functools.partial(_op_sac_contexts, self.forced_shapes)
+            )
+        names = BlockNames(block, self.save_names, self.recompute_names)
         return self.checkpointed(
-            block, name, context_fn=functools.partial(_op_sac_contexts, self.forced_shapes)
+            block,
+            name,
+            context_fn=functools.partial(_op_sac_contexts, self.forced_shapes, names),
+            checkpoint_fn=NamesChecked(names),
         )
 
 
-def _op_sac_contexts(forced_shapes: frozenset[Shape]) -> Any:
-    return create_selective_checkpoint_contexts(make_op_sac_policy(forced_shapes))
+def _op_sac_contexts(forced_shapes: frozenset[Shape], names: BlockNames | None = None) -> Any:
+    return create_selective_checkpoint_contexts(make_op_sac_policy(forced_shapes, names))
+
+
+class NamesChecked:
+    """A checkpoint function that, after a block's first forward, warns about op-output
+    name patterns that named none of its ops."""
+
+    def __init__(self, names: BlockNames) -> None:
+        self.names = names
+        self.checkpoint_fn = functools.partial(checkpoint, use_reentrant=False)
+
+    def __call__(self, block: nn.Module, /, *args: Any, **kwargs: Any) -> Any:
+        out = self.checkpoint_fn(block, *args, **kwargs)
+        self.names.check_first_forward(type(block).__name__)
+        return out
 
 
 class MemoryBudgetAC(ACMode):

@@ -77,7 +77,11 @@ def test_from_dict_rejects_unknown_keys_naming_them():
         ),
         ({"per_op_sac_recompute_names": [3]}, r"per_op_sac_recompute_names=\[3\].*\[3\] are not"),
         (
-            {"per_op_sac_save_names": ["a.mm_0"], "per_op_sac_recompute_names": ["a.mm_0"]},
+            {
+                "selective_ac_option": "op",
+                "per_op_sac_save_names": ["a.mm_0"],
+                "per_op_sac_recompute_names": ["a.mm_0"],
+            },
             r"\['a.mm_0'\] are in both",
         ),
         ({"memory_budget": float("nan")}, r"memory_budget=nan is outside"),
@@ -98,9 +102,26 @@ def test_iterables_are_read_once_before_they_are_checked():
     config = ACConfig(
         per_op_sac_force_recompute_mm_shapes_by_fqns=(p for p in ["x", "y"]),
         per_op_sac_save_names=iter(["attention.mm_0"]),
+        selective_ac_option="op",
     )
     assert config.per_op_sac_force_recompute_mm_shapes_by_fqns == ["x", "y"]
     assert config.per_op_sac_save_names == ["attention.mm_0"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mode": "full"},
+        {"mode": "memory_budget"},
+        {"selective_ac_option": "2"},
+        {"selective_ac_option": "op", "compile": True, "compile_backend": "aot_eager"},
+    ],
+)
+def test_names_are_refused_where_nothing_reads_them(kwargs):
+    with pytest.raises(
+        ValueError, match=r"per_op_sac_save_names is set, but names are read only by eager per-op SAC"
+    ):
+        ACConfig(per_op_sac_save_names=["attention.*"], **kwargs)
 
 
 def test_numpy_numbers_are_numbers():

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.tiers("cpu")
 MODES = {
     **{name: PRESETS[name] for name in ("none", "full", "layer-2", "op", "budget-0.5")},
     "budget-0.5-no-rng": ACConfig(mode="memory_budget", preserve_rng_state=False),
+    "op-named": ACConfig(selective_ac_option="op", per_op_sac_save_names=["output.*"]),
 }
 
 
