@@ -187,16 +187,32 @@ class BudgetCheckpoint:
 
     def _solve(self, block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], compiled: bool) -> Plan:
         eager = self.compile_backend is None and not compiled
-        profile = self.profiles.get(block, args, kwargs, timed=eager)
+        # Traced eager (aot_eager): eager kernels at their timed cost, but a traced region
+        # pays no dispatch mode and no wrapper; inductor (or an unknown backend): flops.
+        eager_kernels = eager or self.compile_backend in costs.EAGER_KERNEL_BACKENDS
+        profile = self.profiles.get(block, args, kwargs, timed=eager_kernels)
         place, copies = self._places.get(block, (0, 1))
         solved = self._solved.get((id(profile), copies, eager))
         if solved is None:
-            device_costs = self.device_costs or (
-                costs.measure(_device(block, args)) if eager else costs.COMPILED
+            solved = solve(
+                profile, self.budget, copies, self.pricing(block, args, compiled), module_plans=eager
             )
-            solved = solve(profile, self.budget, copies, device_costs, module_plans=eager)
             self._solved[id(profile), copies, eager] = solved
         return solved[place]
+
+    def pricing(
+        self, block: nn.Module, args: tuple[Any, ...] = (), compiled: bool = False
+    ) -> costs.DeviceCosts:
+        """The device costs plans of `block` are priced with: pinned ones, else measured for
+        eager regions, measured without dispatch and region costs for traced eager
+        regions, and flops alone for other compiled regions."""
+        if self.device_costs is not None:
+            return self.device_costs
+        if self.compile_backend is None and not compiled:
+            return costs.measure(_device(block, args))
+        if self.compile_backend in costs.EAGER_KERNEL_BACKENDS:
+            return costs.traced_eager(costs.measure(_device(block, args)))
+        return costs.COMPILED
 
     def __call__(self, block: nn.Module, /, *args: Any, **kwargs: Any) -> Any:
         options = {name: kwargs.pop(name) for name in _CHECKPOINT_OPTIONS if name in kwargs}

@@ -11,6 +11,7 @@ checkpointed region.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import statistics
 import time
@@ -39,6 +40,15 @@ class DeviceCosts:
 
 # Compiled regions: a dispatch mode only tags the graph, ops fuse; flops decide.
 COMPILED = DeviceCosts(flops_per_s=1e12, op_s=0.0, sac_dispatch_s=0.0, region_s=0.0, op_times=False)
+
+# torch.compile backends that run a traced graph of eager kernels: the "traced eager" path.
+EAGER_KERNEL_BACKENDS = ("aot_eager",)
+
+
+def traced_eager(measured: DeviceCosts) -> DeviceCosts:
+    """Prices in a traced region of eager kernels: each op costs what it does eagerly, but
+    SAC only tags the graph (no dispatch mode runs) and a region is no Python wrapper."""
+    return dataclasses.replace(measured, sac_dispatch_s=0.0, region_s=0.0)
 
 
 def timed_s(fn: Callable[[], object], device: torch.device) -> float:
