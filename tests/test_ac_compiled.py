@@ -146,8 +146,8 @@ def test_traced_eager_sac_is_bitwise_equal_to_eager_no_ac(mode):
     apply_ac(built.model, dataclasses.replace(PRESETS[mode], compile=True, compile_backend="aot_eager"))
     built.step().backward()
     measure.assert_grads_match(reference.model, built.model)
-    if mode.startswith("budget"):
-        assert any(chosen.kind == "sac" for chosen in budget_plans(built.model))
+    if mode.startswith("budget"):  # half the memory: some block runs a checkpointed region
+        assert any(chosen.kind != "none" for chosen in budget_plans(built.model))
 
 
 def test_traced_eager_regions_are_priced_without_dispatch_or_region_costs():
