@@ -83,7 +83,8 @@ def table(name: str, rows: list[Row]) -> str:
     lines = [f"### {name}", "", head, "|" + "---|" * head.count(" |")]
     none_ms = rows[0].step_ms or 1.0
     for r in rows:
-        marks = ("*" if r.mode in flop_front else "") + ("" if r.mode in time_front else "†")
+        dominated = r.mode not in time_front and (cuda or not r.compiled)  # CPU: compiled rows not compared
+        marks = ("*" if r.mode in flop_front else "") + ("†" if dominated else "")
         cells = [
             r.mode + (f" {marks}" if marks else ""),
             _number(r.forward_flops, 1e6, ".1f"),
