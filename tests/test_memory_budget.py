@@ -548,3 +548,17 @@ def test_a_block_called_without_tensors_is_timed_planned_and_keeps_its_gradients
     model(6).backward()
     for (name, want), got in zip(reference.named_parameters(), model.parameters(), strict=True):
         assert torch.equal(got.grad, want.grad), name
+
+
+@pytest.mark.tiers("cpu")
+def test_chosen_plans_name_the_block_and_its_input_layout():
+    block = _PairBlock()
+    named = BudgetCheckpoint(1.0, {"layers.7": block})
+    pair = (torch.ones(8), torch.zeros(8))
+    named(block, torch.randn(4, 8, requires_grad=True), pair, mask=None).sum().backward()
+    [chosen] = named.chosen()
+    assert (chosen.block, chosen.kind, chosen.held_bytes) == ("layers.7", NONE, chosen.plan.bytes)
+    assert chosen.layout == (
+        "training=True autocast=False args=(4x8 float32 cpu grad, (8 float32 cpu, 8 float32 cpu)) "
+        "kwargs={'mask': None}"
+    )

@@ -65,7 +65,21 @@ def _call_key(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -
 
 def _describe_layout(key: tuple[Any, ...]) -> str:
     _, training, autocast, args, kwargs = key
-    return f"training={training} autocast={autocast} args={args} kwargs={kwargs}"
+    return f"training={training} autocast={autocast} args={_shown(args)} kwargs={_shown(kwargs)}"
+
+
+def _shown(layout: Any) -> str:
+    """A `_layout` in words: a tensor as `512x512 float32 cpu grad`, containers as Python writes them."""
+    if isinstance(layout, tuple) and layout and layout[0] is dict:
+        return "{" + ", ".join(f"{key!r}: {_shown(item)}" for key, item in layout[1:]) + "}"
+    if isinstance(layout, tuple) and layout and layout[0] in (tuple, list):
+        items = ", ".join(map(_shown, layout[1:]))
+        return f"({items})" if layout[0] is tuple else f"[{items}]"
+    if isinstance(layout, tuple) and len(layout) == 4 and isinstance(layout[1], torch.dtype):
+        shape, dtype, device, grad = layout
+        dims = "x".join(map(str, shape)) or "scalar"
+        return f"{dims} {str(dtype).removeprefix('torch.')} {device}" + (" grad" if grad else "")
+    return repr(layout)
 
 
 def _layout(value: Any) -> Any:
