@@ -249,3 +249,18 @@ def test_applying_twice_is_rejected():
     model = apply_ac(ToyModel(), ACConfig(mode="full"))
     with pytest.raises(ValueError, match=r"already checkpointed"):
         apply_ac(model, ACConfig(mode="full"))
+
+
+@pytest.mark.parametrize("mode", ["op", "memory_budget"])
+def test_early_stop_runs_with_sac(mode):
+    """torch accepts early_stop with a SAC context (checked with compile=True by hand too):
+    the config does not refuse it, and the gradients are no AC's."""
+    reference, model = ToyModel(n_blocks=2), ToyModel(n_blocks=2)
+    model.load_state_dict(reference.state_dict())
+    kind = {"selective_ac_option": "op"} if mode == "op" else {"mode": mode}
+    apply_ac(model, ACConfig(early_stop=True, **kind))
+    x = torch.randn(4, 512)
+    reference(x).backward()
+    model(x).backward()
+    for (name, want), got in zip(reference.named_parameters(), model.parameters(), strict=True):
+        assert torch.equal(got.grad, want.grad), name
