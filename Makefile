@@ -88,7 +88,7 @@ bench-ranks: setup ## 40 two-rank tests: harness.ranks pools vs torch's MultiPro
 bench-budget: setup ## memory_budget mode: profiling cost per block, solver time, gap to the optimum
 	$(RUN) bench/budget_bench.py
 
-bench-ac: setup ## every AC mode eager and compiled: step time vs none, activation bytes, SAC cost per op; gradients with dropout
+bench-ac: setup ## every AC mode eager, traced eager (aot_eager) and inductor in one timing: step time with spread vs none, bytes, bitwise grads; gradients with dropout
 	$(RUN) bench/ac_bench.py --compiled
 	$(RUN) bench/random_ops_bench.py
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import nn
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper, checkpoint_wrapper
 from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
-from ac.budget import BudgetCheckpoint
+from ac.budget import BudgetCheckpoint, ChosenPlan
 from ac.config import ACConfig
-from ac.policy import Shape, make_op_sac_policy
+from ac.policy import BlockNames, Shape, make_op_sac_policy
 from ac.rng import RandomOpWarning
 from ac.warn import warn_at_caller
 
@@ -113,6 +113,8 @@ class OpSAC(ACMode):
         self.patterns = config.per_op_sac_force_recompute_mm_shapes_by_fqns
         self.warn_unmatched = not config.uses_default_force_recompute_fqns
         self.forced_shapes: frozenset[Shape] = frozenset()
+        self.save_names = config.per_op_sac_save_names
+        self.recompute_names = config.per_op_sac_recompute_names
 
     def prepare(self, container: nn.Module, prefix: str) -> None:
         self.forced_shapes = frozenset(self._forced_matmul_shapes(container, prefix))
@@ -141,13 +143,35 @@ class OpSAC(ACMode):
         return shapes
 
     def wrap(self, block: nn.Module, name: str, position: int) -> nn.Module:
+        if not (self.save_names or self.recompute_names):
+            return self.checkpointed(
+                block, name, context_fn=functools.partial(_op_sac_contexts, self.forced_shapes)
+            )
+        names = BlockNames(block, self.save_names, self.recompute_names)
         return self.checkpointed(
-            block, name, context_fn=functools.partial(_op_sac_contexts, self.forced_shapes)
+            block,
+            name,
+            context_fn=functools.partial(_op_sac_contexts, self.forced_shapes, names),
+            checkpoint_fn=NamesChecked(names),
         )
 
 
-def _op_sac_contexts(forced_shapes: frozenset[Shape]) -> Any:
-    return create_selective_checkpoint_contexts(make_op_sac_policy(forced_shapes))
+def _op_sac_contexts(forced_shapes: frozenset[Shape], names: BlockNames | None = None) -> Any:
+    return create_selective_checkpoint_contexts(make_op_sac_policy(forced_shapes, names))
+
+
+class NamesChecked:
+    """A checkpoint function that, after a block's first forward, warns about op-output
+    name patterns that named none of its ops."""
+
+    def __init__(self, names: BlockNames) -> None:
+        self.names = names
+        self.checkpoint_fn = functools.partial(checkpoint, use_reentrant=False)
+
+    def __call__(self, block: nn.Module, /, *args: Any, **kwargs: Any) -> Any:
+        out = self.checkpoint_fn(block, *args, **kwargs)
+        self.names.check_first_forward(type(block).__name__)
+        return out
 
 
 class MemoryBudgetAC(ACMode):
@@ -162,10 +186,30 @@ class MemoryBudgetAC(ACMode):
         self.checkpoint_fn: BudgetCheckpoint | None = None
 
     def prepare(self, container: nn.Module, prefix: str) -> None:
-        self.checkpoint_fn = BudgetCheckpoint(self.budget, container.children(), compile_backend=self.backend)
+        blocks = {f"{prefix}.{name}": block for name, block in container.named_children()}
+        self.checkpoint_fn = BudgetCheckpoint(self.budget, blocks, compile_backend=self.backend)
 
     def wrap(self, block: nn.Module, name: str, position: int) -> nn.Module:
         return self.checkpointed(block, name, watch=self.backend is None, checkpoint_fn=self.checkpoint_fn)
+
+
+def budget_checkpoint_of(model: nn.Module) -> BudgetCheckpoint | None:
+    """The `BudgetCheckpoint` serving this model's blocks (memory_budget mode), or None."""
+    for module in model.modules():
+        if not isinstance(module, ActivationWrapper):
+            continue
+        checkpoint_fn = getattr(module.checkpoint_fn, "func", None)
+        if isinstance(checkpoint_fn, WatchedCheckpoint):
+            checkpoint_fn = checkpoint_fn.checkpoint_fn
+        if isinstance(checkpoint_fn, BudgetCheckpoint):
+            return checkpoint_fn
+    return None
+
+
+def budget_plans(model: nn.Module) -> list[ChosenPlan]:
+    """What memory_budget chose for each block and input layout so far; [] in other modes."""
+    checkpoint_fn = budget_checkpoint_of(model)
+    return [] if checkpoint_fn is None else checkpoint_fn.chosen()
 
 
 # ACConfig.kind -> mode. A new mode: one class above, one line here.

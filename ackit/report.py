@@ -59,10 +59,17 @@ def pareto(rows: list[Row]) -> list[str]:
 
 
 def time_pareto(rows: list[Row]) -> list[str]:
-    """Modes no other beats on both activation bytes and step time. On CPU only eager rows
-    compete: compiled rows' bytes are what autograd saves, not MemTracker's."""
+    """Modes no other beats on activation bytes and, beyond the spread of both, on step time
+    (its upper quartile below the other's lower one): a difference within the noise of
+    interleaved steps dominates nothing, and rows running one plan share one timing. On CPU
+    only eager rows compete: compiled rows' bytes are what autograd saves, not MemTracker's."""
     cuda = rows[0].cuda_activation_bytes is not None
-    return _front([r for r in rows if cuda or not r.compiled], "step_ms")
+    competing = [r for r in rows if cuda or not r.compiled]
+    return [
+        r.mode
+        for r in competing
+        if not any(memory_of(o) <= memory_of(r) and o.step.faster_than(r.step) for o in competing)
+    ]
 
 
 def table(name: str, rows: list[Row]) -> str:
@@ -76,7 +83,8 @@ def table(name: str, rows: list[Row]) -> str:
     lines = [f"### {name}", "", head, "|" + "---|" * head.count(" |")]
     none_ms = rows[0].step_ms or 1.0
     for r in rows:
-        marks = ("*" if r.mode in flop_front else "") + ("" if r.mode in time_front else "†")
+        dominated = r.mode not in time_front and (cuda or not r.compiled)  # CPU: compiled rows not compared
+        marks = ("*" if r.mode in flop_front else "") + ("†" if dominated else "")
         cells = [
             r.mode + (f" {marks}" if marks else ""),
             _number(r.forward_flops, 1e6, ".1f"),
@@ -86,7 +94,8 @@ def table(name: str, rows: list[Row]) -> str:
             f"{100 * r.activation_bytes / none_act:.0f}",
             _number(r.peak_bytes, MIB, ".3f"),
             "yes" if r.grads_equal else "no",
-            f"{r.step_ms:.2f}",
+            (f"{r.step_ms:.2f}" if r.step_q1_ms is None else str(r.step))
+            + (f" (plan of {r.same_plan_as})" if r.same_plan_as else ""),
             f"{100 * r.step_ms / none_ms:.0f}",
         ]
         if cuda:
@@ -94,10 +103,20 @@ def table(name: str, rows: list[Row]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     legend = (
         "`*`: on the Pareto front of activation memory vs recompute flops; `†`: dominated in time "
-        "(another mode holds no more memory and steps faster)."
+        "(another mode holds no more memory and steps faster beyond the spread: its upper quartile "
+        "below this one's lower). Step ms: median [lower-upper quartile] of interleaved steps; a row "
+        "running the plan of an earlier one is timed once, with it."
     )
     if any(r.compiled for r in rows):
         legend += " Compiled rows: act MiB is what autograd saves; no flop counts (compiled graphs refuse a FlopCounterMode)."
+    if any(r.traced for r in rows):
+        legend += (
+            " Traced rows: each block compiled with aot_eager (eager kernels from a traced graph, no "
+            "per-op dispatch mode); grads equal means bitwise to a plain eager no-AC step."
+        )
+    plans = [f"- {r.mode}: " + "; ".join(r.plans) for r in rows if r.plans]
+    if plans:
+        legend += "\n\nPlans the budget chose (per block and input layout):\n" + "\n".join(plans)
     return "\n".join(lines) + f"\n\n{legend}\n"
 
 
@@ -132,6 +151,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=AUTO_COMPILE,
         help="torch.compile backend of the compiled rows; 'none' for no compiled rows "
         "(default 'auto': inductor on CUDA, none on CPU)",
+    )
+    parser.add_argument(
+        "--no-traced",
+        action="store_true",
+        help="skip the traced-eager rows (each block compiled with aot_eager; seconds of tracing per mode)",
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     parser.set_defaults(run=main)
@@ -182,7 +206,8 @@ def main(args: argparse.Namespace) -> int:
         # One thread: OpenMP spinning on a busy small host makes step times noise.
         torch.set_num_threads(1)
     try:
-        rows = run(models, device, lambda line: print(line, file=sys.stderr, flush=True), backend)
+        progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        rows = run(models, device, progress, backend, traced=not args.no_traced)
     finally:
         torch.set_num_threads(threads)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,16 @@
-"""Step time of every AC mode, eager and compiled, against no AC, on the device at hand.
+"""Step time of every AC mode, eager, traced eager and compiled, side by side in one run.
 
-For each mode: median wall time of one forward+backward over interleaved
-steps (warm-up excluded), its ratio to no AC's, activation bytes held after
-forward (MemTracker; compiled: what autograd saves, as compiled graphs refuse
-MemTracker's dispatch mode), and the SAC dispatch cost per op this process
-measured (what the memory_budget planner prices). Plain checkpointing of each block's
-attention or MoE (`attn-ckpt`, `moe-ckpt`, no dispatch mode) is measured too:
-it is one of the simple options the eager budget must not be slower than.
+Rows: eager modes (`<mode>`), the traced-eager path (`<mode> traced`: each block
+compiled with `aot_eager`, eager kernels from a traced graph, SAC without a
+per-op dispatch mode) and, with `--compiled`, inductor (`<mode> inductor`). All
+rows are timed in one set of interleaved steps (warm-up excluded), so a busy
+machine slows all alike: median and quartiles per row, its ratio to eager no
+AC's, activation bytes held after forward (MemTracker; traced and compiled: what
+autograd saves, as compiled graphs refuse MemTracker's dispatch mode), and
+whether the first step's gradients are bitwise equal to eager no AC's. Plain
+checkpointing of each block's attention or MoE (`attn-ckpt`, `moe-ckpt`, no
+dispatch mode) is measured too: among the simple options a budget must not be
+slower than. The summary checks issue 22's targets.
 
     .venv/bin/python bench/ac_bench.py [--model moe-small] [--steps 15] [--compiled] [--threads 1]
 """
@@ -32,18 +36,10 @@ from ackit.presets import PRESETS
 from ackit.units import MIB
 from harness import measure
 
-EAGER_MODES = [
-    "none",
-    "full",
-    "layer-2",
-    "layer-4",
-    "op",
-    "budget-0.1",
-    "budget-0.25",
-    "budget-0.5",
-    "budget-0.75",
-    "budget-1.0",
-]
+BUDGETS = ("budget-0.25", "budget-0.5", "budget-0.75")
+SIMPLE = ["none", "full", "layer-2", "layer-4"]
+EAGER_MODES = [*SIMPLE, "op", "budget-0.1", *BUDGETS, "budget-1.0"]
+TRACED_MODES = [*SIMPLE, "op", *BUDGETS]
 COMPILED_MODES = ["none", "full", "op", "budget-0.5"]
 SUBMODULES = {"attn-ckpt": "attention", "moe-ckpt": "moe"}
 
@@ -71,21 +67,28 @@ def _build(name: str, mode: str, device: torch.device, compile_backend: str | No
     return built
 
 
-def _table(name: str, modes: list[str], device: torch.device, steps: int, backend: str | None) -> None:
-    built = {mode: _build(name, mode, device, backend) for mode in modes}
-    times = timing.step_times_ms({mode: b.step for mode, b in built.items()}, device, warmup=2, timed=steps)
-    label = "eager" if backend is None else f"compiled ({backend})"
-    print(f"\n{name}, {label}: median of {steps} interleaved steps\n")
-    memory = "activation MiB (MemTracker)" if backend is None else "saved MiB (autograd)"
-    print(f"| mode | step ms | ratio to none | {memory} |")
-    print("|---|---|---|---|")
-    for mode, b in built.items():
-        if backend is None:
-            held = measure.activation_bytes(b.model, b.step, b.inputs)
-        else:  # compiled graphs refuse MemTracker's dispatch mode
-            held = measure.saved_activation_bytes(b.step, [*b.model.parameters(), *b.inputs])
-        ratio = times[mode] / times["none"]
-        print(f"| {mode} | {times[mode]:.2f} | {ratio:.2f} | {held / MIB:.2f} |", flush=True)
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    built: models.Built
+    compiled: bool
+    grads_equal: bool
+
+
+def _measure_first_step(built: models.Built, reference: torch.nn.Module, compiled: bool) -> Measured:
+    measure.scalar_loss(built.step()).backward()
+    try:
+        measure.assert_grads_match(reference, built.model)
+        equal = True
+    except AssertionError:
+        equal = False
+    return Measured(built, compiled, equal)
+
+
+def _held_bytes(m: Measured) -> int:
+    b = m.built
+    if m.compiled:  # compiled graphs refuse MemTracker's dispatch mode
+        return measure.saved_activation_bytes(b.step, [*b.model.parameters(), *b.inputs])
+    return measure.activation_bytes(b.model, b.step, b.inputs)
 
 
 def _per_call_us(device: torch.device) -> tuple[float, float]:
@@ -103,20 +106,54 @@ def _per_call_us(device: torch.device) -> tuple[float, float]:
     return 1e6 * (wrapped - direct) / calls, 1e6 * contexts / calls
 
 
+def _rows(name: str, device: torch.device, compiled: bool) -> dict[str, tuple[str | None, str]]:
+    """Row label -> (compile backend or None, mode)."""
+    rows = {mode: (None, mode) for mode in [*EAGER_MODES, *SUBMODULES]}
+    rows.update({f"{mode} traced": ("aot_eager", mode) for mode in TRACED_MODES})
+    if compiled:
+        rows.update({f"{mode} inductor": ("inductor", mode) for mode in COMPILED_MODES})
+    return rows
+
+
+def _summary(times: dict[str, timing.StepTime], held: dict[str, int]) -> list[str]:
+    """Issue 22's targets from this run's figures."""
+    t = {label: step.median_ms for label, step in times.items()}
+    lines = [
+        f"traced op-SAC / eager none: {t['op traced'] / t['none']:.2f} (target <= 1.15); "
+        f"/ traced none: {t['op traced'] / t['none traced']:.2f}; traced none / eager none: "
+        f"{t['none traced'] / t['none']:.2f}",
+        f"traced op-SAC / eager op-SAC: {t['op traced'] / t['op']:.2f} (target <= 0.60)",
+    ]
+    simple = [*SIMPLE, *SUBMODULES]
+    for budget in BUDGETS:
+        share = float(budget.split("-")[1])
+        limit = held["full"] + share * (held["none"] - held["full"])
+        # Simple options whose (eager, MemTracker) memory fits the budget, in either form.
+        fitting = [mode for mode in simple if held[mode] <= limit]
+        candidates = [label for mode in fitting for label in (mode, f"{mode} traced") if label in t]
+        fastest = min(candidates, key=t.get)
+        ratio = t[f"{budget} traced"] / t[fastest]
+        lines.append(
+            f"traced {budget} / fastest fitting simple mode ({fastest}, {t[fastest]:.2f} ms): {ratio:.2f} "
+            f"(target <= 1.10); eager {budget}: {t[budget] / t[fastest]:.2f}"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="moe-small")
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--compiled", action="store_true", help="also compile each block (inductor)")
+    parser.add_argument("--compiled", action="store_true", help="also compile each block with inductor")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0]
     print(
-        f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, load {load:.1f}, "
-        f"{device}, torch {torch.__version__}, {args.threads} thread(s)"
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} cores, "
+        f"load {' '.join(f'{x:.1f}' for x in os.getloadavg())}, {device}, torch {torch.__version__}, "
+        f"{args.threads} thread(s)"
     )
     device_costs = costs.measure(device)
     print(
@@ -125,13 +162,38 @@ def main() -> None:
     )
     budget_us, op_us = _per_call_us(device)
     print(
-        f"per block call: memory_budget wrapper with its plan known {budget_us:.1f} us; "
-        f"op-SAC's context set-up alone {op_us:.1f} us"
+        f"per block call: memory_budget wrapper, plan known {budget_us:.1f} us; op-SAC context set-up {op_us:.1f} us"
     )
-    _table(args.model, [*EAGER_MODES, *SUBMODULES], device, args.steps, None)
-    if args.compiled:
-        _table(args.model, COMPILED_MODES, device, args.steps, "inductor")
-    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
+
+    reference = models.build(args.model, device)
+    measure.scalar_loss(reference.step()).backward()
+    started = time.perf_counter()
+    measured = {}
+    for label, (backend, mode) in _rows(args.model, device, args.compiled).items():
+        measured[label] = _measure_first_step(
+            _build(args.model, mode, device, backend), reference.model, backend is not None
+        )
+    print(
+        f"built and stepped every row once (traces, compiles, plans): {time.perf_counter() - started:.0f} s"
+    )
+    times = timing.step_times(
+        {label: m.built.step for label, m in measured.items()}, device, warmup=2, timed=args.steps
+    )
+    held = {label: _held_bytes(m) for label, m in measured.items()}
+
+    print(f"\n{args.model}: median [quartiles] of {args.steps} interleaved steps, all rows in one run\n")
+    print("| row | step ms | ratio to eager none | held MiB | grads bitwise = eager none |")
+    print("|---|---|---|---|---|")
+    for label, m in measured.items():
+        ratio = times[label].median_ms / times["none"].median_ms
+        kind = " (saved)" if m.compiled else ""
+        yes = "yes" if m.grads_equal else "no"
+        print(
+            f"| {label} | {times[label]} | {ratio:.2f} | {held[label] / MIB:.2f}{kind} | {yes} |", flush=True
+        )
+    print()
+    print("\n".join(_summary(times, held)))
+    print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from ac import ACConfig, apply_ac
+from ac import ACConfig, apply_ac, budget_plans
+from ac.budget import BudgetCheckpoint, costs
 from ackit import models
 from ackit.models import moe
 from ackit.presets import PRESETS
@@ -109,7 +110,7 @@ def test_inductor_memory_budget_with_dropout_matches_inductor_no_ac():
     """The one inductor test (generated code; one small block keeps its two compiles quick):
     the eager plan, run as a SAC region, replays inductor's dropout exactly."""
     budget = _inductor_step(PRESETS["budget-0.25"])
-    [plan] = budget.layers[0].checkpoint_fn.func._by_call.values()
+    [plan] = budget_plans(budget)
     assert plan.kind != "none"  # the block is checkpointed: its dropout is recomputed or saved
     measure.assert_grads_match(_inductor_step(PRESETS["none"]), budget, **GRAD_TOLERANCE)
 
@@ -124,7 +125,7 @@ def test_compiled_budget_without_preserved_rng_state_runs_and_stays_silent(recwa
     built = models.build("toy", n_blocks=2)
     apply_ac(built.model, config)
     built.step().backward()
-    plans = built.model.layers["0"].checkpoint_fn.func._by_call.values()
+    plans = budget_plans(built.model)
     assert any(plan.kind != "none" for plan in plans)  # a region is compiled
     assert not [w for w in recwarn if "preserve_rng_state" in str(w.message)]
 
@@ -132,3 +133,28 @@ def test_compiled_budget_without_preserved_rng_state_runs_and_stays_silent(recwa
 def test_bad_compile_backend_is_named_before_any_work():
     with pytest.raises(ValueError, match=r"compile_backend='inductr' is not one of \[.*'inductor'"):
         ACConfig(compile=True, compile_backend="inductr")
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("mode", ["op", "budget-0.5"])
+def test_traced_eager_sac_is_bitwise_equal_to_eager_no_ac(mode):
+    """aot_eager runs eager kernels from the traced graph: op-SAC and the budget there give
+    the gradients of plain eager no AC, bit for bit, in float32."""
+    reference = models.build("moe-tiny")
+    reference.step().backward()
+    built = models.build("moe-tiny")
+    apply_ac(built.model, dataclasses.replace(PRESETS[mode], compile=True, compile_backend="aot_eager"))
+    built.step().backward()
+    measure.assert_grads_match(reference.model, built.model)
+    if mode.startswith("budget"):  # half the memory: some block runs a checkpointed region
+        assert any(chosen.kind != "none" for chosen in budget_plans(built.model))
+
+
+def test_traced_eager_regions_are_priced_without_dispatch_or_region_costs():
+    block, x = nn.Linear(4, 4), torch.randn(2, 4)
+    measured = costs.measure(torch.device("cpu"))
+    traced = BudgetCheckpoint(0.5, compile_backend="aot_eager").pricing(block, (x,))
+    assert (traced.sac_dispatch_s, traced.region_s) == (0.0, 0.0)
+    assert (traced.op_s, traced.flops_per_s, traced.op_times) == (measured.op_s, measured.flops_per_s, True)
+    assert BudgetCheckpoint(0.5).pricing(block, (x,)) == measured
+    assert BudgetCheckpoint(0.5, compile_backend="inductor").pricing(block, (x,)) == costs.COMPILED

@@ -5,8 +5,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy
 import pytest
 import tomllib
+import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
 
@@ -66,11 +68,87 @@ def test_from_dict_rejects_unknown_keys_naming_them():
         ({"preserve_rng_state": 1}, r"preserve_rng_state=1 must be a bool"),
         ({"early_stop": None}, r"early_stop=None must be a bool"),
         ({"debug": "false"}, r"debug='false' must be a bool"),
+        ({"selective_ac_option": "²"}, r"selective_ac_option='²' is not allowed"),
+        ({"per_op_sac_force_recompute_mm_shapes_by_fqns": None}, r"fqns=None must be a list"),
+        ({"per_op_sac_force_recompute_mm_shapes_by_fqns": ["a", ""]}, r"\[''\] are not"),
+        (
+            {"per_op_sac_save_names": "attention.mm_0"},
+            r"per_op_sac_save_names='attention.mm_0' must be a list",
+        ),
+        ({"per_op_sac_recompute_names": [3]}, r"per_op_sac_recompute_names=\[3\].*\[3\] are not"),
+        (
+            {
+                "selective_ac_option": "op",
+                "per_op_sac_save_names": ["a.mm_0"],
+                "per_op_sac_recompute_names": ["a.mm_0"],
+            },
+            r"\['a.mm_0'\] are in both",
+        ),
+        ({"memory_budget": float("nan")}, r"memory_budget=nan is outside"),
+        ({"memory_budget": numpy.float32(1.5)}, r"memory_budget=.*1.5.* is outside the allowed range"),
+        ({"memory_budget": True}, r"memory_budget=True is a bool, not a number"),
+        ({"preserve_rng_state": numpy.bool_(True)}, r"must be a bool \(true or false\), not a numpy.bool"),
+        ({"mode": ["full"]}, r"mode=\['full'\] is not one of"),
+        ({"determinism_check": None}, r"determinism_check=None is not one of"),
+        ({"compile_backend": 3}, r"compile_backend=3 must be a backend name"),
     ],
 )
 def test_bad_config_values_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ACConfig(**kwargs)
+
+
+def test_iterables_are_read_once_before_they_are_checked():
+    config = ACConfig(
+        per_op_sac_force_recompute_mm_shapes_by_fqns=(p for p in ["x", "y"]),
+        per_op_sac_save_names=iter(["attention.mm_0"]),
+        selective_ac_option="op",
+    )
+    assert config.per_op_sac_force_recompute_mm_shapes_by_fqns == ["x", "y"]
+    assert config.per_op_sac_save_names == ["attention.mm_0"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mode": "full"},
+        {"mode": "memory_budget"},
+        {"selective_ac_option": "2"},
+        {"selective_ac_option": "op", "compile": True, "compile_backend": "aot_eager"},
+    ],
+)
+def test_names_are_refused_where_nothing_reads_them(kwargs):
+    with pytest.raises(
+        ValueError, match=r"per_op_sac_save_names is set, but names are read only by eager per-op SAC"
+    ):
+        ACConfig(per_op_sac_save_names=["attention.*"], **kwargs)
+
+
+def test_numpy_numbers_are_numbers():
+    config = ACConfig(
+        mode="memory_budget", memory_budget=numpy.float32(0.5), selective_ac_option=numpy.int64(3)
+    )
+    assert (config.memory_budget, type(config.memory_budget)) == (0.5, float)
+    assert config.layer_interval == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"selective_ac_option": "op"}, "mode 'op'"),
+        ({"mode": "memory_budget"}, "mode 'memory_budget'"),
+        ({"mode": "full", "compile": True, "compile_backend": "aot_eager"}, "compile=True"),
+    ],
+)
+def test_debug_is_refused_where_torch_would_refuse_it_at_the_first_forward(kwargs, named):
+    with pytest.raises(ValueError, match=rf"debug=True is not allowed with {named}"):
+        ACConfig(debug=True, **kwargs)
+
+
+def test_debug_runs_with_plain_checkpointing():
+    model = ToyModel(n_blocks=2)
+    apply_ac(model, ACConfig(mode="full", debug=True))
+    model(torch.randn(4, 512, requires_grad=True)).backward()
 
 
 def test_compile_is_read_from_toml_and_compiles_each_wrapped_block(fresh_dynamo):
@@ -171,3 +249,18 @@ def test_applying_twice_is_rejected():
     model = apply_ac(ToyModel(), ACConfig(mode="full"))
     with pytest.raises(ValueError, match=r"already checkpointed"):
         apply_ac(model, ACConfig(mode="full"))
+
+
+@pytest.mark.parametrize("mode", ["op", "memory_budget"])
+def test_early_stop_runs_with_sac(mode):
+    """torch accepts early_stop with a SAC context (checked with compile=True by hand too):
+    the config does not refuse it, and the gradients are no AC's."""
+    reference, model = ToyModel(n_blocks=2), ToyModel(n_blocks=2)
+    model.load_state_dict(reference.state_dict())
+    kind = {"selective_ac_option": "op"} if mode == "op" else {"mode": mode}
+    apply_ac(model, ACConfig(early_stop=True, **kind))
+    x = torch.randn(4, 512)
+    reference(x).backward()
+    model(x).backward()
+    for (name, want), got in zip(reference.named_parameters(), model.parameters(), strict=True):
+        assert torch.equal(got.grad, want.grad), name

@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.checkpoint import CheckpointPolicy, SelectiveCheckpointContext
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    SelectiveCheckpointContext,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+)
 
-from ac.policy import _lookup, make_op_sac_policy, saved_ops
+from ac.policy import built_in_saved_ops, lookup_op, make_op_sac_policy, saved_ops
 
 pytestmark = pytest.mark.tiers("cpu")
 aten = torch.ops.aten
 FORWARD = SelectiveCheckpointContext(is_recompute=False)
 RECOMPUTE = SelectiveCheckpointContext(is_recompute=True)
-SAVE, RECOMP = CheckpointPolicy.MUST_SAVE, CheckpointPolicy.MUST_RECOMPUTE
+# Matmuls op-SAC recomputes (every second one, forced shapes) are PREFER_RECOMPUTE, as in
+# torchtitan: eager recomputes them; a compiled partitioner may still save one if that is cheaper.
+SAVE, RECOMP = CheckpointPolicy.MUST_SAVE, CheckpointPolicy.PREFER_RECOMPUTE
 
 
 @pytest.fixture(autouse=True)
 def _fresh_saved_ops():
     """Each test finds the saved ops anew: the set is cached per process, and a test must
     fail when the lookup behind it breaks, not pass on a set an earlier test built."""
-    saved_ops.cache_clear()
+    built_in_saved_ops.cache_clear()
 
 
 def _mm(n_in: int = 8, n_out: int = 8) -> tuple:
@@ -63,9 +70,9 @@ def test_collectives_are_saved():
 
 def test_ops_this_torch_build_lacks_are_left_out():
     """Extra saved ops are named by string; a name or overload this build lacks is skipped, not an error."""
-    assert _lookup("aten.mm.default") is aten.mm.default
-    assert _lookup("aten.no_such_op.default") is None
-    assert _lookup("aten.mm.no_such_overload") is None
+    assert lookup_op("aten.mm.default") is aten.mm.default
+    assert lookup_op("aten.no_such_op.default") is None
+    assert lookup_op("aten.mm.no_such_overload") is None
 
 
 def test_cheap_ops_are_recomputed():
@@ -109,3 +116,60 @@ def test_forced_shape_is_recomputed_and_not_counted(call):
 def test_other_shapes_are_not_forced():
     policy = make_op_sac_policy([(8, 16)])
     assert policy(FORWARD, *_mm(16, 8)) == SAVE
+
+
+def test_math_attention_is_saved_as_torchtitan_saves_it():
+    assert aten._scaled_dot_product_attention_math.default in saved_ops()
+
+
+class _On:
+    """What the policy reads of a tensor argument: its device."""
+
+    def __init__(self, device: str) -> None:
+        self.device = torch.device(device)
+
+
+@pytest.mark.parametrize(
+    ("source", "kwargs", "expected"),
+    [
+        ("cuda", {"device": torch.device("cpu")}, SAVE),
+        ("cuda", {"device": "cpu", "non_blocking": True}, SAVE),
+        ("cpu", {"device": torch.device("cpu")}, CheckpointPolicy.PREFER_RECOMPUTE),
+        ("cuda", {"device": torch.device("cuda")}, CheckpointPolicy.PREFER_RECOMPUTE),
+        ("cuda", {"dtype": torch.bfloat16}, CheckpointPolicy.PREFER_RECOMPUTE),
+    ],
+    ids=["cuda-to-cpu", "cuda-to-cpu-by-name", "cpu-to-cpu", "cuda-to-cuda", "cast"],
+)
+def test_a_copy_from_a_device_to_the_cpu_is_saved(source, kwargs, expected):
+    """An offloaded activation (or a D2H copy of routing metadata) is saved: recomputing it
+    would copy, and sync, again."""
+    policy = make_op_sac_policy([])
+    assert policy(FORWARD, aten._to_copy.default, _On(source), **kwargs) == expected
+
+
+def test_flex_attentions_higher_order_op_is_saved_and_reaches_the_policy_on_cpu():
+    """FlexAttention runs forward on CPU in this torch (its CPU backward is not implemented,
+    so the block runs without grad): its higher-order op reaches the policy and is saved."""
+    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+    decisions = {}
+
+    def recording(ctx, func, *args, **kwargs):
+        decisions[func] = policy(ctx, func, *args, **kwargs)
+        return decisions[func]
+
+    policy = make_op_sac_policy([])
+    q = torch.randn(1, 2, 16, 8)
+    checkpoint(
+        flex.flex_attention,
+        q,
+        q,
+        q,
+        use_reentrant=False,
+        context_fn=lambda: create_selective_checkpoint_contexts(recording),
+    )
+    assert decisions[torch.ops.higher_order.flex_attention] == SAVE
+
+
+def test_varlen_attention_is_saved_where_this_torch_has_it():
+    pytest.importorskip("torch.nn.attention.varlen")
+    assert torch.ops.torch_attn._varlen_attn.default in saved_ops()

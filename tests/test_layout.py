@@ -192,12 +192,6 @@ def private_reads(paths: list[Path], private: set[str]) -> list[tuple[str, int, 
 STILL_READ = {
     "test_ranks_calls.py",
     "test_ranks_pool.py",
-    "test_ac_compiled.py",
-    "test_ac_policy.py",
-    "test_ac_random.py",
-    "test_device_costs.py",
-    "test_memory_budget.py",
-    "test_report.py",
 }
 
 

@@ -13,12 +13,13 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 from torch.utils.checkpoint import CheckpointPolicy, SelectiveCheckpointContext
 
-from ac import ACConfig, apply_ac
+from ac import ACConfig, apply_ac, budget_plans
 from ac.budget import checkpoint as checkpoint_module
 from ac.budget import costs, solver
 from ac.budget.checkpoint import BudgetCheckpoint, make_budget_policy, run_plan
 from ac.budget.profile import BlockProfile, HeldStorage, OpCost, profile_block
 from ac.budget.solver import FULL, MODULES, NONE, SAC, Plan, budget_bytes, exhaustive, plans, solve
+from ac.modes import budget_checkpoint_of
 from ackit import models
 from ackit.models import toy
 
@@ -47,10 +48,6 @@ def _run(tier, build, config: ACConfig) -> tuple[nn.Module, int, int]:
     return model, flops.backward, act
 
 
-def _budget_checkpoint(model: nn.Module) -> BudgetCheckpoint:
-    return next(iter(model.layers.values())).checkpoint_fn.func
-
-
 @pytest.mark.parametrize("name", list(MODELS))
 def test_budget_is_kept_and_gradients_match(tier, name):
     build = MODELS[name]
@@ -61,7 +58,7 @@ def test_budget_is_kept_and_gradients_match(tier, name):
             tier, build, ACConfig(mode="memory_budget", memory_budget=budget, **NO_EARLY_STOP)
         )
         assert act - full_act <= budget * (none_act - full_act), (budget, act)
-        chosen = list(_budget_checkpoint(model)._by_call.values())
+        chosen = [chosen.plan for chosen in budget_plans(model)]
         assert len(chosen) == len(model.layers)
         # The profile's bytes and flops are what MemTracker and FlopCounterMode measure.
         assert act - full_act == sum(plan.bytes for plan in chosen), budget
@@ -160,7 +157,7 @@ def test_budget_1_runs_blocks_without_any_dispatch_mode():
         )
     built.step().backward()
     assert stacks == [[]] * len(built.model.layers)
-    assert {plan.kind for plan in _budget_checkpoint(built.model)._by_call.values()} == {NONE}
+    assert {chosen.kind for chosen in budget_plans(built.model)} == {NONE}
 
 
 @pytest.mark.tiers("cpu")
@@ -211,7 +208,7 @@ def test_profile_cache_is_hit_by_identical_blocks_and_later_steps_skip_it():
     model, step = built.model, built.step
     apply_ac(model, ACConfig(mode="memory_budget", memory_budget=0.5))
     step()
-    profiles = _budget_checkpoint(model).profiles
+    profiles = budget_checkpoint_of(model).profiles
     assert (profiles.misses, profiles.hits) == (1, len(model.layers) - 1)
     step()  # each block finds its plan by one lookup on (block, input layout)
     assert (profiles.misses, profiles.hits) == (1, len(model.layers) - 1)
@@ -224,7 +221,7 @@ def test_profile_cache_misses_on_a_new_input_shape():
     for rows in (8, 8, 16):
         checkpoint_fn(block, torch.randn(rows, toy.DIM, requires_grad=True)).backward()
     assert (checkpoint_fn.profiles.misses, checkpoint_fn.profiles.hits) == (2, 0)
-    assert len(checkpoint_fn._by_call) == 2
+    assert len(checkpoint_fn.chosen()) == 2
 
 
 class _PairBlock(nn.Module):
@@ -245,7 +242,7 @@ def test_plan_is_found_again_for_fresh_tensors_of_one_layout():
     for rows in (4, 4, 4, 6):
         pair = (torch.ones(8), torch.zeros(8))
         checkpoint_fn(block, torch.randn(rows, 8, requires_grad=True), pair, mask=None).sum().backward()
-    assert checkpoint_fn.profiles.misses == 2 and len(checkpoint_fn._by_call) == 2
+    assert checkpoint_fn.profiles.misses == 2 and len(checkpoint_fn.chosen()) == 2
 
 
 @pytest.mark.tiers("cpu")
@@ -291,11 +288,19 @@ def test_data_dependent_block_is_profiled_on_real_tensors():
 
 
 @pytest.mark.tiers("cpu")
-@pytest.mark.parametrize("budget", [-0.1, 1.5, "half", True])
-def test_bad_budget_is_rejected_before_work(budget):
-    with pytest.raises(ValueError, match=r"memory budget .* outside the allowed range \[0.0, 1.0\]"):
+@pytest.mark.parametrize(
+    ("budget", "reason"),
+    [
+        (-0.1, "is outside the allowed range"),
+        (1.5, "is outside the allowed range"),
+        ("half", "is a str, not a number"),
+        (True, "is a bool, not a number"),
+    ],
+)
+def test_bad_budget_is_rejected_before_work(budget, reason):
+    with pytest.raises(ValueError, match=rf"memory budget .* {reason} .*\[0.0, 1.0\]"):
         BudgetCheckpoint(budget)
-    with pytest.raises(ValueError, match=r"allowed range \[0.0, 1.0\]"):
+    with pytest.raises(ValueError, match=rf"{reason} .*\[0.0, 1.0\]"):
         solve(_random_profile(0, n_ops=2), budget)
 
 
@@ -438,7 +443,7 @@ def test_an_unhashable_argument_still_finds_its_plan_again():
         checkpoint_fn(
             block, torch.randn(4, 8, requires_grad=True), scale=2.0, options=options
         ).sum().backward()
-    assert len(checkpoint_fn._by_call) == 1
+    assert len(checkpoint_fn.chosen()) == 1
 
 
 @pytest.mark.tiers("cpu")
@@ -487,7 +492,7 @@ def test_eager_plans_price_each_op_at_the_time_it_took(name):
     block, x = built.model.layers["0"], built.block_input().detach().requires_grad_()
     checkpoint_fn = BudgetCheckpoint(0.5)
     checkpoint_fn(block, x).sum().backward()
-    (profile,) = checkpoint_fn.profiles._profiles.values()
+    (profile,) = checkpoint_fn.profiles.all()
     untimed = [op for op in profile.ops if op.flops and not op.seconds]
     assert profile.flops and not untimed, untimed
 
@@ -543,3 +548,17 @@ def test_a_block_called_without_tensors_is_timed_planned_and_keeps_its_gradients
     model(6).backward()
     for (name, want), got in zip(reference.named_parameters(), model.parameters(), strict=True):
         assert torch.equal(got.grad, want.grad), name
+
+
+@pytest.mark.tiers("cpu")
+def test_chosen_plans_name_the_block_and_its_input_layout():
+    block = _PairBlock()
+    named = BudgetCheckpoint(1.0, {"layers.7": block})
+    pair = (torch.ones(8), torch.zeros(8))
+    named(block, torch.randn(4, 8, requires_grad=True), pair, mask=None).sum().backward()
+    [chosen] = named.chosen()
+    assert (chosen.block, chosen.kind, chosen.held_bytes) == ("layers.7", NONE, chosen.plan.bytes)
+    assert chosen.layout == (
+        "training=True autocast=False args=(4x8 float32 cpu grad, (8 float32 cpu, 8 float32 cpu)) "
+        "kwargs={'mask': None}"
+    )

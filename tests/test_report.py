@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from ackit import models, report, sweep
+from ackit import models, report, sweep, timing
 from ackit.__main__ import main
 from ackit.models.toy import FLOP_UNIT, REFERENCE
 from ackit.presets import PRESETS
@@ -44,7 +44,18 @@ def test_time_front_marks_modes_a_faster_one_dominates_at_no_more_memory():
     assert report.pareto(rows) == ["none", "full", "op"]
     text = report.table("m", rows)
     assert "| op *† |" in text and "| layer-2 |" in text and "| full * |" in text
-    assert "| op compiled † | n/a | n/a | n/a |" in text
+    assert "| op compiled | n/a | n/a | n/a |" in text  # not compared in time on CPU: no mark
+
+
+def test_a_faster_row_within_the_spread_dominates_nothing():
+    """Noise on a busy machine: none's steps spread over 80-110 ms, a row of the same memory
+    over 78-90 ms. Not dominated: the difference is within the spread."""
+    none = dataclasses.replace(_row("none", 0.0, 100, step_ms=100.0), step_q1_ms=80.0, step_q3_ms=110.0)
+    same = dataclasses.replace(_row("layer-2", 0.0, 100, step_ms=85.0), step_q1_ms=78.0, step_q3_ms=90.0)
+    assert report.time_pareto([none, same]) == ["none", "layer-2"]
+    clear = dataclasses.replace(same, step_q3_ms=79.0)
+    assert report.time_pareto([none, clear]) == ["layer-2"]
+    assert "100.00 [80.00-110.00]" in report.table("m", [none, same])
 
 
 def test_matched_budget_is_the_share_of_no_ac_memory():
@@ -57,7 +68,7 @@ def test_matched_budget_is_the_share_of_no_ac_memory():
 def test_toy_report_reproduces_reference_and_writes_json(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sweep, "WARMUP_STEPS", 0)  # one timed step per mode keeps the test quick
     monkeypatch.setattr(sweep, "TIMED_STEPS", 1)
-    assert main(["report", "--models", "toy", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert main(["report", "--models", "toy", "--device", "cpu", "--no-traced", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "ac-report.json").read_text())
     assert (tmp_path / "ac-report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = {r["mode"]: r for r in data["models"]["toy"]["rows"]}
@@ -66,7 +77,11 @@ def test_toy_report_reproduces_reference_and_writes_json(tmp_path, capsys, monke
         got = (rows[mode]["backward_flops"] / FLOP_UNIT, rows[mode]["activation_bytes"] / MIB)
         assert (got[0], round(got[1], 3)) == want, mode
     assert all(r["grads_equal"] for r in rows.values())
-    assert all(r["step_ms"] > 0 for r in rows.values())
+    assert all(r["step_ms"] > 0 and r["step_q1_ms"] <= r["step_ms"] <= r["step_q3_ms"] for r in rows.values())
+    # The toy has one block: layer SAC every 2nd block and budgets of 1.0 leave it as no AC.
+    assert rows["layer-2"]["same_plan_as"] == rows["budget@op"]["same_plan_as"] == "none"
+    assert rows["layer-2"]["step_ms"] == rows["none"]["step_ms"]
+    assert rows["full"]["same_plan_as"] is None and rows["layer-1"]["same_plan_as"] == "full"
     assert data["models"]["toy"]["time_pareto"]
     # A matched budget holds no more than its mode. Its recompute is no more either here only
     # because on the toy both modes hold what no AC holds, so both budgets are 1.0 (no AC); in
@@ -95,6 +110,16 @@ def test_compiled_rows_compare_with_compiled_no_ac(fresh_dynamo):
     broken = {name: g + 1 for name, g in reference.items()}
     figures, _ = sweep.measure_compiled(models.build("toy", device), config, broken)
     assert not figures["grads_equal"]
+
+
+@pytest.mark.compiled
+def test_traced_rows_compare_bitwise_with_a_plain_eager_step(fresh_dynamo):
+    plain = models.build("toy")
+    plain.step().backward()
+    figures = sweep.measure_traced(models.build("toy"), PRESETS["op"], plain.model)
+    assert figures["traced"] and figures["grads_equal"]
+    plain.model.layers["0"].output.weight.grad += 1
+    assert not sweep.measure_traced(models.build("toy"), PRESETS["op"], plain.model)["grads_equal"]
 
 
 def test_plot_draws_a_png(tmp_path):
@@ -167,7 +192,8 @@ def test_recompute_percentage_is_extra_backward_flops_over_no_ac_step_flops():
         **held,
     }
     figures = {"none": none, "full": full, "op compiled": compiled}
-    rows = [sweep._row("m", mode, f, none, step_ms=1.23456) for mode, f in figures.items()]
+    step = timing.StepTime(1.23456, 1.0, 1.5)
+    rows = [sweep.make_row("m", mode, f, none, step) for mode, f in figures.items()]
     assert [(r.mode, r.recompute_pct, r.step_ms) for r in rows] == [
         ("none", 0.0, 1.235),
         ("full", 33.33, 1.235),
@@ -194,10 +220,12 @@ def test_table_renders_every_figure_of_a_cpu_run():
         "|---|---|---|---|---|---|---|---|---|---|\n"
         "| none * | 1.1 | 1.1 | 0.0 | 4.000 | 100 | 6.000 | yes | 10.00 | 100 |\n"
         "| full * | 1.1 | 9.1 | 33.3 | 1.000 | 25 | 3.000 | yes | 12.50 | 125 |\n"
-        "| op compiled † | n/a | n/a | n/a | 2.000 | 50 | n/a | no | 8.00 | 80 |\n"
+        "| op compiled | n/a | n/a | n/a | 2.000 | 50 | n/a | no | 8.00 | 80 |\n"
         "\n"
         "`*`: on the Pareto front of activation memory vs recompute flops; `†`: dominated in time "
-        "(another mode holds no more memory and steps faster). Compiled rows: act MiB is what autograd "
+        "(another mode holds no more memory and steps faster beyond the spread: its upper quartile "
+        "below this one's lower). Step ms: median [lower-upper quartile] of interleaved steps; a row "
+        "running the plan of an earlier one is timed once, with it. Compiled rows: act MiB is what autograd "
         "saves; no flop counts (compiled graphs refuse a FlopCounterMode).\n"
     )
 

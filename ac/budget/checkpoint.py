@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ from torch.utils.checkpoint import (
 
 from ac.budget import costs
 from ac.budget.profile import ProfileCache, structure
-from ac.budget.solver import FULL, MODULES, NONE, OpKey, Plan, check_budget, solve
+from ac.budget.solver import FULL, MODULES, NONE, SAC, OpKey, Plan, check_budget, solve
 
 
 def make_budget_policy(saved: frozenset[OpKey]) -> Callable[..., CheckpointPolicy]:
@@ -62,6 +63,25 @@ def _call_key(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     return (id(block), block.training, torch.is_autocast_enabled(), _layout(args), _layout(kwargs))
 
 
+def _describe_layout(key: tuple[Any, ...]) -> str:
+    _, training, autocast, args, kwargs = key
+    return f"training={training} autocast={autocast} args={_shown(args)} kwargs={_shown(kwargs)}"
+
+
+def _shown(layout: Any) -> str:
+    """A `_layout` in words: a tensor as `512x512 float32 cpu grad`, containers as Python writes them."""
+    if isinstance(layout, tuple) and layout and layout[0] is dict:
+        return "{" + ", ".join(f"{key!r}: {_shown(item)}" for key, item in layout[1:]) + "}"
+    if isinstance(layout, tuple) and layout and layout[0] in (tuple, list):
+        items = ", ".join(map(_shown, layout[1:]))
+        return f"({items})" if layout[0] is tuple else f"[{items}]"
+    if isinstance(layout, tuple) and len(layout) == 4 and isinstance(layout[1], torch.dtype):
+        shape, dtype, device, grad = layout
+        dims = "x".join(map(str, shape)) or "scalar"
+        return f"{dims} {str(dtype).removeprefix('torch.')} {device}" + (" grad" if grad else "")
+    return repr(layout)
+
+
 def _layout(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return (tuple(value.shape), value.dtype, value.device, value.requires_grad)
@@ -76,11 +96,48 @@ def _layout(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class ChosenPlan:
+    """What the budget chose for one block called with one input layout (read-only)."""
+
+    block: str  # the block's name in the model (its type when it was not named)
+    layout: str  # the input layout the plan is for: shapes, dtypes, devices, modes
+    plan: Plan
+
+    @property
+    def kind(self) -> str:
+        return self.plan.kind
+
+    @property
+    def saved_ops(self) -> tuple[str, ...]:
+        """The ops a SAC plan saves, as `<op>#<index within the block's forward>`, in op order."""
+        return tuple(
+            f"{op}#{index}" for op, index in sorted(self.plan.saved, key=lambda k: (str(k[0]), k[1]))
+        )
+
+    @property
+    def held_bytes(self) -> int:
+        return self.plan.bytes
+
+    @property
+    def seconds(self) -> float:
+        """The priced step time over no AC's."""
+        return self.plan.seconds
+
+    def describe(self) -> str:
+        """One line for a report."""
+        what = {MODULES: f" of {sorted(self.plan.children)}", SAC: f" saving {list(self.saved_ops)}"}
+        return (
+            f"{self.block}: {self.kind}{what.get(self.kind, '')}, holds {self.held_bytes} B, "
+            f"recomputes {self.plan.recompute_flops} flops, priced {1e3 * self.seconds:.3f} ms"
+        )
+
+
 class BudgetCheckpoint:
     """A `checkpoint_fn` for `checkpoint_wrapper`; one instance serves all blocks of a model.
 
-    `blocks` are the model's blocks: those of one structure share one budget and
-    may take different plans (the k-th of n gets the k-th of `solve`'s n plans).
+    `blocks` are the model's blocks (or a mapping from their names): those of one
+    structure share one budget and may take different plans (the k-th of n gets the k-th of `solve`'s n plans).
     Blocks of one structure are assumed to get inputs of one shape; where they
     do not, the first k of them still keep within k blocks' budget.
     `compile_backend`: compile each planned region with this torch.compile backend.
@@ -90,43 +147,86 @@ class BudgetCheckpoint:
     def __init__(
         self,
         budget: float,
-        blocks: Iterable[nn.Module] = (),
+        blocks: Iterable[nn.Module] | Mapping[str, nn.Module] = (),
         compile_backend: str | None = None,
         device_costs: costs.DeviceCosts | None = None,
     ) -> None:
         self.budget = check_budget(budget)
         self.compile_backend = compile_backend
         self.device_costs = device_costs
-        self.profiles = ProfileCache()
-        self._plan_outside_graph = _outside_graph()
-        self._solved: dict[tuple[int, int, bool], tuple[Plan, ...]] = {}
-        self._by_call: dict[tuple[Any, ...], Plan] = {}
-        self._regions: dict[tuple[Any, ...], Callable[..., Any]] = {}
+        named = blocks.items() if isinstance(blocks, Mapping) else ((str(k), b) for k, b in enumerate(blocks))
+        # Keyed by the modules themselves (by identity), so a deep copy or an unpickled model
+        # maps them to its own blocks; the caches below are dropped on pickling and rebuilt.
+        self._names: dict[nn.Module, str] = dict((b, name) for name, b in named)
         groups: dict[tuple[Any, ...], list[nn.Module]] = {}
-        for block in blocks:
+        for block in self._names:
             groups.setdefault(structure(block), []).append(block)
-        self._places = {id(b): (k, len(group)) for group in groups.values() for k, b in enumerate(group)}
+        self._places = {b: (k, len(group)) for group in groups.values() for k, b in enumerate(group)}
+        self._reset_caches()
+
+    def _reset_caches(self) -> None:
+        self._plan_outside_graph = _outside_graph()  # a local function: never pickled
+        self.profiles = ProfileCache()
+        self._solved: dict[tuple[int, int, bool], tuple[Plan, ...]] = {}
+        self._by_call: dict[tuple[Any, ...], tuple[nn.Module, Plan]] = {}
+        self._regions: dict[tuple[Any, ...], Callable[..., Any]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Plans, profiles and compiled regions belong to this process's blocks and device:
+        a copy (torch.save, copy.deepcopy) plans again on its first step."""
+        return {
+            k: v
+            for k, v in self.__dict__.items()
+            if k in ("budget", "compile_backend", "device_costs", "_names", "_places")
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_caches()
+
+    def chosen(self) -> list[ChosenPlan]:
+        """The plan chosen so far for each block and input layout, in the order they were made."""
+        return [
+            ChosenPlan(self._names.get(block, type(block).__name__), _describe_layout(key), plan)
+            for key, (block, plan) in self._by_call.items()
+        ]
 
     def plan(self, block: nn.Module, /, *args: Any, compiled: bool = False, **kwargs: Any) -> Plan:
         """The plan for `block` called with these inputs; `compiled`: it runs in a traced graph."""
         key = _call_key(block, args, kwargs)
-        plan = self._by_call.get(key)
-        if plan is None:
-            plan = self._by_call[key] = self._solve(block, args, kwargs, compiled)
-        return plan
+        found = self._by_call.get(key)
+        if found is None:
+            found = self._by_call[key] = (block, self._solve(block, args, kwargs, compiled))
+        return found[1]
 
     def _solve(self, block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], compiled: bool) -> Plan:
         eager = self.compile_backend is None and not compiled
-        profile = self.profiles.get(block, args, kwargs, timed=eager)
-        place, copies = self._places.get(id(block), (0, 1))
+        # Traced eager (aot_eager): eager kernels at their timed cost, but a traced region
+        # pays no dispatch mode and no wrapper; inductor (or an unknown backend): flops.
+        eager_kernels = eager or self.compile_backend in costs.EAGER_KERNEL_BACKENDS
+        profile = self.profiles.get(block, args, kwargs, timed=eager_kernels)
+        place, copies = self._places.get(block, (0, 1))
         solved = self._solved.get((id(profile), copies, eager))
         if solved is None:
-            device_costs = self.device_costs or (
-                costs.measure(_device(block, args)) if eager else costs.COMPILED
+            solved = solve(
+                profile, self.budget, copies, self.pricing(block, args, compiled), module_plans=eager
             )
-            solved = solve(profile, self.budget, copies, device_costs, module_plans=eager)
             self._solved[id(profile), copies, eager] = solved
         return solved[place]
+
+    def pricing(
+        self, block: nn.Module, args: tuple[Any, ...] = (), compiled: bool = False
+    ) -> costs.DeviceCosts:
+        """The device costs plans of `block` are priced with: pinned ones, else measured for
+        eager regions, measured without dispatch and region costs for traced eager
+        regions, and flops alone for other compiled regions."""
+        if self.device_costs is not None:
+            return self.device_costs
+        if self.compile_backend is None and not compiled:
+            return costs.measure(_device(block, args))
+        if self.compile_backend in costs.EAGER_KERNEL_BACKENDS:
+            return costs.traced_eager(costs.measure(_device(block, args)))
+        return costs.COMPILED
 
     def __call__(self, block: nn.Module, /, *args: Any, **kwargs: Any) -> Any:
         options = {name: kwargs.pop(name) for name in _CHECKPOINT_OPTIONS if name in kwargs}

@@ -261,6 +261,10 @@ class ProfileCache:
         self.hits = 0
         self.misses = 0
 
+    def all(self) -> tuple[BlockProfile, ...]:
+        """Every profile made so far, in the order made."""
+        return tuple(self._profiles.values())
+
     def get(
         self, block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], timed: bool = False
     ) -> BlockProfile:

@@ -29,7 +29,8 @@ from ac.budget.profile import BlockProfile, OpCost
 from ac.config import check_memory_budget
 
 OpKey = tuple[torch._ops.OpOverload, int]
-State = tuple[int, float, Any]  # (bytes held, value: higher is better, what achieves them)
+# (bytes held, value: higher is better, recompute flops, what achieves them)
+State = tuple[int, float, int, Any]
 
 # Largest Pareto front the knapsack keeps per step; beyond it, states are
 # merged into byte buckets (still feasible, no longer guaranteed optimal).
@@ -38,6 +39,10 @@ MAX_FRONT = 4096
 MAX_EXHAUSTIVE = 20
 # Most direct children whose subsets are tried as sub-module plans (2**n plans).
 MAX_CHILDREN = 8
+# Plans whose priced times differ by less than this share of full AC's recompute time are
+# a tie (op times are measured, and two runs differ by more): the one with fewer
+# recompute flops wins, so a model's plans do not flip with timing noise.
+NEAR_TIE = 0.05
 
 NONE, FULL, MODULES, SAC = "none", "full", "modules", "sac"
 
@@ -106,18 +111,29 @@ def solve(
     if copies < 1:
         raise ValueError(f"copies={copies!r} must be a positive number of blocks")
     capacity = budget_bytes(profile, budget) * copies
+    tie = near_tie_s(profile, costs)
     options = plans(profile, capacity, costs, module_plans)
-    front: list[State] = [(0, 0.0, ())]
+    front: list[State] = [(0, 0.0, 0, ())]
     for _ in range(copies):
         front = _pareto(
             [
-                (used + plan.bytes, value - plan.seconds, (*chosen, plan))
-                for used, value, chosen in front
+                (used + plan.bytes, value - plan.seconds, flops + plan.recompute_flops, (*chosen, plan))
+                for used, value, flops, chosen in front
                 for plan in options
                 if used + plan.bytes <= capacity
-            ]
+            ],
+            tie * copies,
         )
-    return tuple(sorted(front[-1][2], key=lambda plan: plan.bytes))
+    best = max(state[1] for state in front)
+    near = [state for state in front if state[1] >= best - tie * copies]
+    # Fewest recompute flops, then fastest, then fewest dispatch-mode plans, then least memory.
+    chosen = min(near, key=lambda s: (s[2], -s[1], sum(p.kind == SAC for p in s[3]), s[0]))[3]
+    return tuple(sorted(chosen, key=lambda plan: plan.bytes))
+
+
+def near_tie_s(profile: BlockProfile, costs: DeviceCosts) -> float:
+    """Seconds within which two plans of one block are a tie (see NEAR_TIE)."""
+    return NEAR_TIE * _full_plan(profile, costs).seconds
 
 
 def plans(profile: BlockProfile, capacity: int, costs: DeviceCosts, module_plans: bool) -> list[Plan]:
@@ -136,8 +152,11 @@ def plans(profile: BlockProfile, capacity: int, costs: DeviceCosts, module_plans
         options.append(_no_ac_plan(profile))
     pricing = _SacPricing(profile, costs)
     options += [pricing.plan(saved) for saved in _sac_front(profile, capacity, costs)]
-    front = _pareto([(plan.bytes, -plan.seconds, plan) for plan in options])
-    return [plan for _, _, plan in front]
+    front = _pareto(
+        [(plan.bytes, -plan.seconds, plan.recompute_flops, plan) for plan in options],
+        near_tie_s(profile, costs),
+    )
+    return [plan for *_, plan in front]
 
 
 class _SacPricing:
@@ -169,12 +188,18 @@ def _sac_front(profile: BlockProfile, capacity: int, costs: DeviceCosts) -> list
     """Sets of items to save that no other set beats on both bytes and recompute time."""
     items = candidates(profile)
     pricing = _SacPricing(profile, costs)
-    front: list[State] = [(0, 0.0, 0)]  # (bytes, saved seconds, bitmask of saved items)
+    tie = near_tie_s(profile, costs)
+    # (bytes, saved seconds, recompute flops, bitmask of saved items)
+    front: list[State] = [(0, 0.0, profile.flops, 0)]
     for bit, item in enumerate(items):
         value = pricing.value(item)
-        grown = [(b + item.bytes, v + value, m | 1 << bit) for b, v, m in front if b + item.bytes <= capacity]
-        front = _pareto(front + grown)
-    return [[item for bit, item in enumerate(items) if mask >> bit & 1] for _, _, mask in front]
+        grown = [
+            (b + item.bytes, v + value, f - item.flops, m | 1 << bit)
+            for b, v, f, m in front
+            if b + item.bytes <= capacity
+        ]
+        front = _pareto(front + grown, tie)
+    return [[item for bit, item in enumerate(items) if mask >> bit & 1] for *_, mask in front]
 
 
 def exhaustive(profile: BlockProfile, budget: float, costs: DeviceCosts = COMPILED) -> Plan:
@@ -194,19 +219,30 @@ def exhaustive(profile: BlockProfile, budget: float, costs: DeviceCosts = COMPIL
     return best
 
 
-def _pareto(states: list[State]) -> list[State]:
-    """Drop states that hold more bytes for no more value; merge buckets past MAX_FRONT."""
-    states.sort(key=lambda s: (s[0], -s[1]))
+def _pareto(states: list[State], tie: float = 0.0) -> list[State]:
+    """Drop states that hold more bytes for no more value, but keep one within `tie` of
+    the best value so far that recomputes fewer flops than it (the near-tie the final
+    choice prefers); merge buckets past MAX_FRONT."""
+    states.sort(key=lambda s: (s[0], -s[1], s[2]))
     front: list[State] = []
+    best = -math.inf
+    near: list[State] = []  # kept states within `tie` of the best value so far
     for state in states:
-        if not front or state[1] > front[-1][1]:
-            front.append(state)
+        if state[1] > best:
+            best = state[1]
+            near = [s for s in near if s[1] >= best - tie]
+        elif not (state[1] >= best - tie and state[2] < min(s[2] for s in near)):
+            continue
+        near.append(state)
+        front.append(state)
     if len(front) <= MAX_FRONT:
         return front
     width = front[-1][0] / MAX_FRONT
     buckets: dict[int, State] = {}
-    for state in front:  # value increases along the front: the last state of a bucket is its best
-        buckets[int(state[0] / width)] = state
+    for state in front:  # keep each bucket's best value
+        key = int(state[0] / width)
+        if key not in buckets or state[1] > buckets[key][1]:
+            buckets[key] = state
     return list(buckets.values())
 
 
