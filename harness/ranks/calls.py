@@ -69,7 +69,7 @@ def _dumps(value: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _pickled(values: dict[str, Any], what: str) -> bytes:
+def pickled(values: dict[str, Any], what: str) -> bytes:
     """Pickle `values`, naming the entry that cannot be (only searched for once pickling has failed)."""
     try:
         return _dumps(values)
@@ -92,7 +92,7 @@ def make_call(item: pytest.Function, seed: int) -> Call:
     config = item.config
     funcargs = {name: item.funcargs[name] for name in item._fixtureinfo.argnames}
     instance = item.instance
-    state = _pickled(vars(instance), "test instance attribute") if instance is not None else None
+    state = pickled(vars(instance), "test instance attribute") if instance is not None else None
     marks = tuple(arg for mark in item.iter_markers(name="filterwarnings") for arg in mark.args)
     return Call(
         nodeid=item.nodeid,
@@ -100,7 +100,7 @@ def make_call(item: pytest.Function, seed: int) -> Call:
         path=str(item.path),
         cls=item.cls.__qualname__ if item.cls is not None else None,
         name=item.function.__name__,
-        funcargs=_pickled(funcargs, "fixture or parameter"),
+        funcargs=pickled(funcargs, "fixture or parameter"),
         instance_state=state,
         sys_path=tuple(sys.path),
         environ=dict(os.environ),

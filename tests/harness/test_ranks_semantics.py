@@ -320,12 +320,12 @@ def test_a_projects_own_markers_that_resemble_harness_markers_are_left_alone(pyt
 def test_stale_log_folders_of_killed_runs_are_removed(tmp_path, monkeypatch):
     import tempfile
 
-    from harness.ranks import pool
+    from harness.ranks import logs
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    dead = pool.logs_root() / "999999999-abc"
-    mine = pool.logs_root() / f"{os.getpid()}-abc"
+    dead = logs.logs_root() / "999999999-abc"
+    mine = logs.logs_root() / f"{os.getpid()}-abc"
     for folder in (dead, mine):
         folder.mkdir(parents=True)
-    pool.remove_stale_logs()
+    logs.remove_stale_logs()
     assert not dead.exists() and mine.exists()
