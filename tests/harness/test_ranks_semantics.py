@@ -20,7 +20,7 @@ import pytest
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
 
 BODIES = """
-import os, signal, subprocess, sys, warnings
+import os, signal, subprocess, sys, threading, time, warnings
 import pytest
 import torch
 import torch.distributed as dist
@@ -62,6 +62,39 @@ def test_a_leaves_a_mess(monkeypatch, tmp_path):
     import leftover_module  # noqa: F401
     monkeypatch.setattr(dist, "get_world_size", lambda *args, **kwargs: 99)
     record("sleeper", subprocess.Popen(["sleep", "300"]).pid)
+    record("grandchild", start_grandchild(parent_stays=True))
+    record("orphaned_grandchild", start_grandchild(parent_stays=False))
+    started = threading.Event()
+    threading.Thread(target=start_from_a_thread, args=(started,), daemon=True).start()
+    started.wait()
+
+
+# The child's parent is the thread, which is still alive when the test ends; the child
+# has a session of its own, out of reach of a kill of the rank's process group.
+def start_from_a_thread(started):
+    record("thread_child", subprocess.Popen(["sleep", "300"], start_new_session=True).pid)
+    started.set()
+    time.sleep(3)
+
+
+GRANDPARENT = (
+    "import subprocess, sys, time\\n"
+    "pid = subprocess.Popen(['sleep', '300'], start_new_session=True).pid\\n"
+    "print(pid, flush=True)\\n"
+    "if sys.argv[1] == 'stay':\\n"
+    "    time.sleep(300)\\n"
+)
+
+
+# A child that starts its own child, then waits or exits; returns the grandchild's pid.
+def start_grandchild(parent_stays):
+    child = subprocess.Popen(
+        [sys.executable, "-c", GRANDPARENT, "stay" if parent_stays else "exit"], stdout=subprocess.PIPE, text=True
+    )
+    pid = int(child.stdout.readline())
+    if not parent_stays:
+        child.wait()
+    return pid
 
 
 @pytest.mark.world_size(2)
@@ -77,7 +110,8 @@ def test_b_starts_clean():
     assert list(dist.distributed_c10d._world.pg_map) == [dist.distributed_c10d._get_default_group()]
     assert os.getcwd() != recorded("cwd")
     assert recorded("cwd") not in sys.path and "leftover_module" not in sys.modules
-    assert not alive(int(recorded("sleeper"))), "a process the last test started is still running"
+    for name in ("sleeper", "grandchild", "orphaned_grandchild", "thread_child"):
+        assert not alive(int(recorded(name))), f"the {{name}} the last test started is still running"
 
 
 @pytest.mark.world_size(2)
