@@ -15,6 +15,7 @@ from harness import seeding, tiers
 
 ENABLE_INI = "harness"
 QUARANTINE_INI = "harness_quarantine"
+POOL_TORCH_INI = "pool_torch_tests"
 DEFAULT_DIST_TIMEOUT_S = 120.0
 MARKERS = {
     "tiers": "tiers(*names): run this test only in these tiers (cpu, gpu, multigpu)",
@@ -34,6 +35,7 @@ class Options:
     seed: int
     gpu_range: tuple[int, int] | None
     inventory: str | None
+    pool_torch_tests: bool = False  # torch's MultiProcessTestCase tests run on the rank pools
 
 
 OPTIONS_KEY = pytest.StashKey[Options]()
@@ -46,6 +48,12 @@ def add_options(parser: pytest.Parser) -> None:
     )
     parser.addini(
         QUARANTINE_INI, default="", help="TOML file of quarantined tests (see harness/quarantine.py)"
+    )
+    parser.addini(
+        POOL_TORCH_INI,
+        type="bool",
+        default=False,
+        help="run torch's MultiProcessTestCase tests on the harness's warm rank pools (docs/harness.md)",
     )
     group = parser.getgroup("harness", "ac-harness test tiers (active with `harness = true` in the ini file)")
     group.addoption(
@@ -61,6 +69,13 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="SECONDS",
         help="fail a world_size test whose ranks have not all finished after SECONDS, with every rank's "
         f"Python stack (default {DEFAULT_DIST_TIMEOUT_S:g}); the process-group timeout is 0.8x this",
+    )
+    group.addoption(
+        "--pool-torch-tests",
+        action="store_true",
+        default=False,
+        help=f"run torch's MultiProcessTestCase tests on the warm rank pools for this run ({POOL_TORCH_INI} "
+        "in the ini file for every run)",
     )
     group.addoption(
         "--harness-seed",
@@ -134,4 +149,5 @@ def parse(config: pytest.Config) -> Options:
         config.getoption("--harness-seed"),
         parse_gpu_range(config.getoption("--gpu-range")),
         inventory,
+        bool(config.getoption("--pool-torch-tests") or config.getini(POOL_TORCH_INI)),
     )

@@ -116,7 +116,8 @@ def make_call(item: pytest.Function, seed: int) -> Call:
     )
 
 
-def _load_module(name: str, path: str) -> types.ModuleType:
+def load_module(name: str, path: str) -> types.ModuleType:
+    """The test module, imported once per rank with pytest's assertion rewriting."""
     loaded = sys.modules.get(name)
     if loaded is not None and getattr(loaded, "__file__", None) == path:
         return loaded
@@ -138,7 +139,7 @@ def _load_module(name: str, path: str) -> types.ModuleType:
 def resolve(call: Call) -> tuple[Any, dict[str, Any]]:
     """The test function (bound to an instance carrying the pytest process's attributes) and its arguments."""
     sys.path[:0] = [entry for entry in call.sys_path if entry not in sys.path]
-    module = _load_module(call.module, call.path)
+    module = load_module(call.module, call.path)
     kwargs = pickle.loads(call.funcargs)
     if call.cls is None:
         return getattr(module, call.name), kwargs

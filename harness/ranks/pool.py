@@ -70,6 +70,7 @@ class PoolKey:
     tier: str
     backend: str
     device_ids: tuple[str, ...] = ()
+    group: bool = True  # ranks join a default process group; torch's test classes make their own
 
 
 @dataclass
@@ -103,7 +104,7 @@ def _main_module_hidden() -> Iterator[None]:
 
 
 class RankPool:
-    """`world_size` live ranks with an initialised default process group."""
+    """`world_size` live ranks, with an initialised default process group when `key.group`."""
 
     def __init__(self, key: PoolKey, context: BaseContext, timeout_s: float, grace_s: float) -> None:
         self.key = key
@@ -113,8 +114,8 @@ class RankPool:
         self.ready = False
         self.logdir = logs.new_log_dir()
         group_timeout = max(1.0, 0.8 * timeout_s)
-        self.store = rendezvous.host_store(key.world_size, group_timeout)
         cuda_ids = key.device_ids if key.backend == "nccl" else ()
+        self.store = rendezvous.host_store(key.world_size, group_timeout) if key.group else None
         extra = {
             **{k: v for k, v in _RANK_DEFAULTS.items() if k not in os.environ},
             **tiers.startup_env(key.tier),
@@ -129,11 +130,12 @@ class RankPool:
                     rank=rank,
                     world_size=key.world_size,
                     backend=key.backend,
-                    env={**rendezvous.rank_env(rank, key.world_size, self.store.port, cuda_ids), **extra},
+                    env={**self._own_env(rank, cuda_ids), **extra},
                     log_path=log_path,
                     owner_pid=os.getpid(),
                     group_timeout_s=group_timeout,
                     deterministic=tiers.TIERS[key.tier].deterministic,
+                    init_group=key.group,
                 )
                 parent_end, child_end = context.Pipe()
                 proc = context.Process(target=worker.main, args=(spec, child_end), name=f"harness-rank{rank}")
@@ -144,6 +146,12 @@ class RankPool:
                 paths.append(log_path)
         self.logs = RankLogs(paths)
 
+    def _own_env(self, rank: int, cuda_ids: tuple[str, ...]) -> dict[str, str]:
+        """torchrun's variables for a pool with a group; a torch test class sets up its own rendezvous."""
+        if self.store is not None:
+            return rendezvous.rank_env(rank, self.key.world_size, self.store.port, cuda_ids)
+        return {"CUDA_VISIBLE_DEVICES": ",".join(cuda_ids)} if cuda_ids else {}
+
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -152,7 +160,7 @@ class RankPool:
         return not self.broken and all(p.is_alive() for p in self.procs)
 
     def wait_ready(self) -> None:
-        """Block until every rank has joined the process group."""
+        """Block until every rank has started (and joined the process group, when it has one)."""
         if self.ready:
             return
         deadline = time.monotonic() + self.timeout_s
@@ -372,10 +380,14 @@ class PoolRegistry:
             pool.broken = True
             raise
         finally:
-            if isolated or pool.broken:
-                pool.close()
-            if pool.broken and self.pools.get(key) is pool:
-                del self.pools[key]
+            self.release(key, pool, isolated)
+
+    def release(self, key: PoolKey, pool: RankPool, isolated: bool = False) -> None:
+        """After a run: close the pool when it was fresh for one test or must not be reused."""
+        if isolated or pool.broken:
+            pool.close()
+        if pool.broken and self.pools.get(key) is pool:
+            del self.pools[key]
 
     def close_all(self) -> None:
         while self.pools:

@@ -47,6 +47,8 @@ class RankReport:
     collectives: int | None = None  # the default group's sequence number after the test
     ended: list[str] = field(default_factory=list)  # processes the test left running, ended
     unclean: list[str] = field(default_factory=list)  # state the rank could not put back
+    exit_code: int | None = None  # a torch test class's rank: how its process would have exited
+    piped: list[str] = field(default_factory=list)  # ... and what it sent its parent (tracebacks)
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def exit_report(rank: int, exitcode: int | None, log_tail: str, when: float) -> 
         text = "exited with code 0 before reporting a result"
     if log_tail.strip():
         text += f"\nlast output:\n{log_tail.rstrip()}"
-    return RankReport(rank, CRASHED, text, group_alive=False, failed_at=when)
+    return RankReport(rank, CRASHED, text, group_alive=False, failed_at=when, exit_code=exitcode)
 
 
 def _describe(report: RankReport, world_size: int) -> str:

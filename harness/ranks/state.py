@@ -85,7 +85,7 @@ class Baseline:
         self.values = {name: read() for name, (read, _) in self.flags.items()}
         self.cwd = os.getcwd()
         self.sys_path = list(sys.path)
-        self.default_group = dist.distributed_c10d._get_default_group()
+        self.default_group = dist.distributed_c10d._get_default_group() if dist.is_initialized() else None
 
     def start_test(self, seed: int) -> set[str]:
         """Seed every RNG; returns the modules loaded now, the test's own imports included."""
@@ -106,11 +106,17 @@ class Baseline:
         unclean = []
         if torch.is_inference_mode_enabled():
             unclean.append("the test left inference mode on")
-        if dist.is_initialized():
+        if dist.is_initialized() and self.default_group is None:
+            dist.destroy_process_group()  # a fresh rank of a torch test class has no group
+        elif dist.is_initialized():
             for group in list(dist.distributed_c10d._world.pg_map):
                 if group is not self.default_group:
                     dist.destroy_process_group(group)
         return unclean
+
+    def group_kept(self) -> bool:
+        """Whether the rank's default process group is as it started: there, or never made."""
+        return dist.is_initialized() or self.default_group is None
 
     def collectives(self) -> int | None:
         """The default group's sequence number: ranks that differ left a collective unmatched."""
