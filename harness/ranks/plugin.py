@@ -15,10 +15,9 @@ import pytest
 
 from harness import tiers
 from harness.options import OPTIONS_KEY
-from harness.ranks import calls, display
+from harness.ranks import calls, display, torch_tests
 from harness.ranks.pool import PoolKey, PoolRegistry
 from harness.ranks.results import FAILED, SKIPPED, XFAILED, Verdict
-from harness.ranks.torch_tests import TorchTestHooks
 from harness.tiers import tier_name
 
 SKIP_LOCATION_KEY = pytest.StashKey[tuple[str, int]]()
@@ -36,10 +35,13 @@ class RankHooks:
 
     def __init__(self, config: pytest.Config, dist_timeout_s: float) -> None:
         self.config = config
-        self.registry = PoolRegistry(timeout_s=dist_timeout_s)
         options = config.stash[OPTIONS_KEY]
+        preload = torch_tests.PRELOAD if options.pool_torch_tests else ()
+        self.registry = PoolRegistry(timeout_s=dist_timeout_s, preload=preload)
         if options.pool_torch_tests:
-            config.pluginmanager.register(TorchTestHooks(self.registry, options), "harness-torch-tests")
+            config.pluginmanager.register(
+                torch_tests.TorchTestHooks(self.registry, options), "harness-torch-tests"
+            )
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         self.registry.close_all()

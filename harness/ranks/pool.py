@@ -80,10 +80,10 @@ class RunResult:
     replaced: list[str] = field(default_factory=list)  # why the ranks were not kept for the next test
 
 
-def rank_context() -> BaseContext:
+def rank_context(extra_preload: tuple[str, ...] = ()) -> BaseContext:
     """torch.multiprocessing's forkserver context, preloading torch once for every rank."""
     context = torch.multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)
+    context.set_forkserver_preload([*PRELOAD, *extra_preload])
     return context
 
 
@@ -346,17 +346,20 @@ class RankPool:
 class PoolRegistry:
     """The pools of one pytest process, least recently used closed first beyond `max_pools`."""
 
-    def __init__(self, timeout_s: float, grace_s: float = 2.0, max_pools: int = 4) -> None:
+    def __init__(
+        self, timeout_s: float, grace_s: float = 2.0, max_pools: int = 4, preload: tuple[str, ...] = ()
+    ) -> None:
         self.timeout_s = timeout_s
         self.grace_s = grace_s
         self.max_pools = max_pools
+        self.preload = preload  # modules every rank imports anyway, loaded once in the forkserver
         self.pools: OrderedDict[PoolKey, RankPool] = OrderedDict()
         self._context: BaseContext | None = None
 
     def _new(self, key: PoolKey) -> RankPool:
         if self._context is None:
             logs.remove_stale_logs()
-            self._context = rank_context()
+            self._context = rank_context(self.preload)
         return RankPool(key, self._context, self.timeout_s, self.grace_s)
 
     def get(self, key: PoolKey) -> RankPool:

@@ -35,6 +35,8 @@ from harness.ranks.torch_call import TorchCall
 from harness.reporting import POOLED, TORCH_POOL
 
 COMMON = "torch.testing._internal.common_distributed"
+# Every rank of a torch test imports it (a second or more of CPU): the forkserver does, once.
+PRELOAD = (COMMON,)
 # torch's parent-side methods this runner replaces or relies on; a class overriding one runs unpooled.
 _PARENT_METHODS = ("_spawn_processes", "_start_processes", "_join_processes", "_check_return_codes")
 
@@ -169,6 +171,7 @@ class PooledCase:
 
     def join(self, fn: Callable[[], None]) -> None:
         """Wait for the ranks, show their output, and let torch's own checks decide the outcome."""
+        __tracebackhide__ = True
         assert self.pool is not None
         common = sys.modules[COMMON]
         streaming = self.item.config.getoption("capture") == "no"
