@@ -158,7 +158,7 @@ def main(spec: RankSpec, conn: Connection) -> None:
             rendezvous.init_default_group(spec.backend, spec.group_timeout_s)
         if spec.deterministic:
             tiers.set_deterministic(True)
-        baseline = state.Baseline()
+        baseline = state.Baseline(DUMP_SIGNAL)
     except Exception:
         _flush()
         conn.send(("start_failed", traceback.format_exc()))
