@@ -5,6 +5,9 @@ rank's stack, and a class the pools cannot host run on torch's own spawn path, c
 from __future__ import annotations
 
 import pytest
+from torch.testing._internal.common_distributed import MultiProcessTestCase
+
+from harness.ranks.torch_tests import fallback_reason
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
@@ -15,7 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from torch.testing._internal.common_distributed import (
-    TIMEOUT_OVERRIDE, MultiProcessTestCase, skip_if_lt_x_gpu,
+    TIMEOUT_OVERRIDE, MultiProcContinuousTest, MultiProcessTestCase, skip_if_lt_x_gpu,
 )
 from torch.testing._internal.common_utils import find_free_port
 
@@ -71,18 +74,20 @@ class TwoRanks(MultiProcessTestCase):
         self.assertIsNone(dist.distributed_c10d.GroupMember.WORLD)
 
 
-class OwnSpawn(MultiProcessTestCase):
+class Continuous(MultiProcContinuousTest):
     world_size = 2
 
-    def setUp(self):
-        super().setUp()
-        self._spawn_processes()
+    @classmethod
+    def backend_str(cls):
+        return "gloo"
 
-    def _spawn_processes(self):
-        super()._spawn_processes()
+    def test_all_reduce(self):
+        total = torch.tensor([float(self.rank + 1)])
+        dist.all_reduce(total)
+        self.assertEqual(total.item(), 3.0)
 
-    def test_falls_back(self):
-        pass
+    def test_fails_on_rank_0(self):
+        self.assertEqual(self.rank, 1)
 
 
 @pytest.mark.world_size(2)
@@ -97,12 +102,13 @@ def test_torch_classes_run_pooled_with_torchs_outcomes(pytester):
         "--tier", "cpu", "--pool-torch-tests", "-p", "no:cacheprovider", "-rA", "--dist-timeout", "20"
     )
     out = result.stdout.str()
-    result.assert_outcomes(passed=4, failed=4, skipped=2)
+    result.assert_outcomes(passed=4, failed=5, skipped=2)
     for line in [
         "PASSED *::TwoRanks::test_a_passes_with_a_file_group",
         "PASSED *::TwoRanks::test_b_passes_with_an_env_group",
         "PASSED *::TwoRanks::test_h_passes_after_the_faults",
-        "PASSED *::OwnSpawn::test_falls_back",
+        "PASSED *::Continuous::test_all_reduce",
+        "FAILED *::Continuous::test_fails_on_rank_0*",
         "SKIPPED * Need at least 2 CUDA devices",
         "SKIPPED * Test skipped at subprocess level*",
         "FAILED *::TwoRanks::test_c_fails_on_rank_1 - RuntimeError*",
@@ -118,6 +124,22 @@ def test_torch_classes_run_pooled_with_torchs_outcomes(pytester):
     assert "rank 1 of 2 killed by" not in out and "rank 1 of 2 exited with code 3" in out, "the crash's cause"
     assert "in test_g_hangs" in out, "a hung rank's Python stack is in the report"
     assert (
-        "TORCH TESTS: 8 pooled, 1 on torch's own spawn path: the class overrides torch's _spawn_processes (1)"
-        in out
+        "TORCH TESTS: 8 pooled, 2 on torch's own spawn path: "
+        "MultiProcContinuousTest keeps one set of ranks for the whole class (2)" in out
     )
+
+
+class _OwnSpawn(MultiProcessTestCase):
+    def _spawn_processes(self):
+        """A class starting its ranks its own way."""
+
+
+class _OwnCheck(MultiProcessTestCase):
+    def _check_return_codes(self, fn, elapsed_time):
+        """A class judging its ranks its own way."""
+
+
+def test_classes_that_replace_torchs_start_or_join_are_not_pooled():
+    assert fallback_reason(MultiProcessTestCase) is None
+    assert fallback_reason(_OwnSpawn) == "the class overrides torch's _spawn_processes"
+    assert fallback_reason(_OwnCheck) == "the class overrides torch's _check_return_codes"
