@@ -195,7 +195,9 @@ class RankPool:
         for conn in self.conns:
             conn.send(("run", call))
 
-    def finish(self, echo: Echo | None = None, timeout_s: float | None = None) -> RunResult:
+    def finish(
+        self, echo: Echo | None = None, timeout_s: float | None = None, timeout_source: str = "--dist-timeout"
+    ) -> RunResult:
         """Wait for the call `send` started, at most `timeout_s` (--dist-timeout by default).
 
         The first failure ends the wait after a short grace; a rank that failed is
@@ -216,7 +218,7 @@ class RankPool:
             raise
         if live is not None:
             live.poll(final=True)
-        return self._conclude(reports, failed_at, with_output=live is None, limit_s=limit_s)
+        return self._conclude(reports, failed_at, live is None, limit_s, timeout_source)
 
     def _wait_for_reports(
         self, reports: dict[int, RankReport], live: LiveEcho | None, limit_s: float
@@ -259,7 +261,12 @@ class RankPool:
             interrupt.__notes__ = [*notes, f"Python stacks of the ranks still running:\n{stacks}"]
 
     def _conclude(
-        self, reports: dict[int, RankReport], failed_at: float | None, with_output: bool, limit_s: float
+        self,
+        reports: dict[int, RankReport],
+        failed_at: float | None,
+        with_output: bool,
+        limit_s: float,
+        timeout_source: str,
     ) -> RunResult:
         """The verdict, with each rank's output and the stacks of ranks still running; the pool
         is marked broken when the next test must not get these ranks, and `replaced` says why."""
@@ -276,7 +283,7 @@ class RankPool:
         if hung:
             self._dump_stacks(reports)
         timeout = limit_s if hung and failed_at is None else None
-        return RunResult(verdict(ordered, size, timeout), ordered, replaced)
+        return RunResult(verdict(ordered, size, timeout, timeout_source), ordered, replaced)
 
     def _receive(self, rank: int) -> tuple | None:
         """The rank's next message; None while it has none, and once its end of the pipe closed."""

@@ -108,8 +108,13 @@ def split_failures(reports: list[RankReport]) -> tuple[list[RankReport], list[Ra
     return own, [r for r in failures if r not in own]
 
 
-def verdict(reports: list[RankReport], world_size: int, timeout_s: float | None = None) -> Verdict:
-    """Combine the reports; `timeout_s` is set when the wait ran out."""
+def verdict(
+    reports: list[RankReport],
+    world_size: int,
+    timeout_s: float | None = None,
+    timeout_source: str = "--dist-timeout",
+) -> Verdict:
+    """Combine the reports; `timeout_s` is set when the wait ran out, `timeout_source` says whose limit it was."""
     own, knock_on = split_failures(reports)
     running = [r for r in reports if r.outcome == RUNNING]
     lead = own or running
@@ -118,7 +123,7 @@ def verdict(reports: list[RankReport], world_size: int, timeout_s: float | None 
         message = "\n\n".join(_describe(r, world_size) for r in lead)
         if lead is running:
             waited = (
-                f"after {timeout_s:g}s (--dist-timeout)" if timeout_s is not None else "after a rank failed"
+                f"after {timeout_s:g}s ({timeout_source})" if timeout_s is not None else "after a rank failed"
             )
             message = f"ranks {[r.rank for r in running]} still running {waited}:\n\n{message}"
         finished = [r for r in reports if r not in lead and r not in rest]

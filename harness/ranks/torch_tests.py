@@ -177,7 +177,9 @@ class PooledCase:
         streaming = self.item.config.getoption("capture") == "no"
         try:
             result = self.pool.finish(
-                display.echo if streaming else None, timeout_s=float(common.get_timeout(self.instance.id()))
+                display.echo if streaming else None,
+                timeout_s=float(common.get_timeout(self.instance.id())),
+                timeout_source="torch's timeout for this test",
             )
         except BaseException:
             self._release(broken=True)

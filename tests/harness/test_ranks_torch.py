@@ -123,6 +123,7 @@ def test_torch_classes_run_pooled_with_torchs_outcomes(pytester):
     assert "ValueError: rank 1 disagrees" in out, "the failing rank's traceback reaches the report"
     assert "rank 1 of 2 killed by" not in out and "rank 1 of 2 exited with code 3" in out, "the crash's cause"
     assert "in test_g_hangs" in out, "a hung rank's Python stack is in the report"
+    assert "still running after 3s (torch's timeout for this test)" in out
     assert (
         "TORCH TESTS: 8 pooled, 2 on torch's own spawn path: "
         "MultiProcContinuousTest keeps one set of ranks for the whole class (2)" in out
