@@ -87,7 +87,7 @@ class Baseline:
         self.attributes = {name: dict(vars(sys.modules[name])) for name in _PATCHED_MODULES}
         self.tensor_methods = dict(vars(torch.Tensor))
         self.configs: dict[str, dict[str, Any]] = {}
-        self.threads: set[int] = set()
+        self.threads = {t.ident for t in threading.enumerate()}
 
     def start_test(self, seed: int) -> set[str]:
         """Seed every RNG; returns the modules loaded now, the test's own imports included."""
