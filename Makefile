@@ -32,7 +32,7 @@ PYTEST := $(RUN) -m pytest $(PLUGIN)
 XDIST  := -n $(WORKERS) --dist worksteal
 
 .DEFAULT_GOAL := help
-.PHONY: help setup provision test test-cpu test-gpu durations matrix lint report bench bench-xdist bench-ranks bench-budget bench-ac mutate clean
+.PHONY: help setup provision test test-cpu test-gpu durations matrix lint report bench bench-xdist bench-ranks bench-torch-suites bench-budget bench-ac mutate clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -77,13 +77,17 @@ lint: setup ## ruff, workflow schema + zizmor security audit, hadolint on every 
 report: setup ## every AC mode on the reference models: tables on stdout, reports/ac-report.{json,png}
 	$(RUN) -m ackit report
 
-bench: bench-xdist bench-ranks bench-budget bench-ac ## run every benchmark (figures go into bench/README.md by hand)
+bench: bench-xdist bench-ranks bench-torch-suites bench-budget bench-ac ## run every benchmark (figures go into bench/README.md by hand)
 
 bench-xdist: setup ## CPU tier wall time, -n 2 against -n 0, side by side
 	$(RUN) bench/xdist_speedup.py --workers 2 --repeats 2
 
 bench-ranks: setup ## 40 two-rank tests: harness.ranks pools vs torch's MultiProc* test cases, warm-pool cost per test
 	$(RUN) bench/ranks_bench.py
+
+bench-torch-suites: setup ## torch's shipped distributed suite (gloo, 2 and 3 ranks): torch's runner vs --pool-torch-tests, outcome diff and time ratio
+	$(RUN) bench/torch_suites_bench.py --world-size 2 --every 5
+	$(RUN) bench/torch_suites_bench.py --world-size 3 --every 10 --skip-continuous
 
 bench-budget: setup ## memory_budget mode: profiling cost per block, solver time, gap to the optimum
 	$(RUN) bench/budget_bench.py

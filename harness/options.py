@@ -15,6 +15,7 @@ from harness import devices, seeding, tiers, validation
 
 ENABLE_INI = "harness"
 QUARANTINE_INI = "harness_quarantine"
+POOL_TORCH_INI = "pool_torch_tests"
 DEFAULT_DIST_TIMEOUT_S = 120.0
 MARKERS = {
     "tiers": "tiers(*names): run this test only in these tiers (cpu, gpu, multigpu)",
@@ -34,6 +35,7 @@ class Options:
     seed: int
     gpu_range: tuple[int, int] | None
     inventory: str | None
+    pool_torch_tests: bool = False  # torch's MultiProcessTestCase tests run on the rank pools
 
 
 OPTIONS_KEY = pytest.StashKey[Options]()
@@ -46,6 +48,12 @@ def add_options(parser: pytest.Parser) -> None:
     )
     parser.addini(
         QUARANTINE_INI, default="", help="TOML file of quarantined tests (see harness/quarantine.py)"
+    )
+    parser.addini(
+        POOL_TORCH_INI,
+        type="bool",
+        default=False,
+        help="run torch's MultiProcessTestCase tests on the harness's warm rank pools (docs/harness.md)",
     )
     group = parser.getgroup("harness", "ac-harness test tiers (active with `harness = true` in the ini file)")
     group.addoption(
@@ -61,6 +69,13 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="SECONDS",
         help="fail a world_size test whose ranks have not all finished after SECONDS, with every rank's "
         f"Python stack (default {DEFAULT_DIST_TIMEOUT_S:g}); the process-group timeout is 0.8x this",
+    )
+    group.addoption(
+        "--pool-torch-tests",
+        action="store_true",
+        default=False,
+        help=f"run torch's MultiProcessTestCase tests on the warm rank pools for this run ({POOL_TORCH_INI} "
+        "in the ini file for every run)",
     )
     group.addoption(
         "--harness-seed",
@@ -90,15 +105,21 @@ def add_options(parser: pytest.Parser) -> None:
     )
 
 
+def ini_bool(config: pytest.Config, key: str) -> bool:
+    """A boolean ini key; a bad value is one line naming the key and the file."""
+    try:
+        return bool(config.getini(key))
+    except pytest.UsageError as error:  # pytest's own line names neither the key nor the file
+        raise pytest.UsageError(f"ini key {key} in {config.inipath}: {error}; use true or false") from None
+
+
 def enabled(config: pytest.Config) -> bool:
     """The opt-in: the project's ini says so, or this run names tiers or asks for an inventory."""
-    try:
-        ini = config.getini(ENABLE_INI)
-    except pytest.UsageError as error:  # pytest's own line names neither the key nor the file
-        raise pytest.UsageError(
-            f"ini key {ENABLE_INI} in {config.inipath}: {error}; use true or false"
-        ) from None
-    return bool(ini or config.getoption("--tier") is not None or config.getoption("--harness-inventory"))
+    return (
+        ini_bool(config, ENABLE_INI)
+        or config.getoption("--tier") is not None
+        or bool(config.getoption("--harness-inventory"))
+    )
 
 
 def parse_gpu_range(text: str | None) -> tuple[int, int] | None:
@@ -139,4 +160,11 @@ def parse(config: pytest.Config) -> Options:
         path = config.getoption(option)
         if path and (problem := validation.output_file_problem(path)) is not None:
             raise pytest.UsageError(f"{option} {path!r}: {problem}")
-    return Options(selected, timeout, seed, parse_gpu_range(config.getoption("--gpu-range")), inventory)
+    return Options(
+        selected,
+        timeout,
+        seed,
+        parse_gpu_range(config.getoption("--gpu-range")),
+        inventory,
+        config.getoption("--pool-torch-tests") or ini_bool(config, POOL_TORCH_INI),
+    )

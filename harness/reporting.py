@@ -12,6 +12,9 @@ from harness.tiers import tier_name
 QUARANTINED = "quarantined"
 FLAKY = "flaky"
 REPRO = "repro"
+# On each report of a test of torch's multi-process classes: "pooled", or why it ran on torch's spawn path.
+TORCH_POOL = "harness_torch_pool"
+POOLED = "pooled"
 
 
 def _add_property(item: pytest.Item, name: str, value: str) -> None:

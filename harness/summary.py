@@ -9,7 +9,7 @@ import pytest
 
 from harness import devices, tiers
 from harness.quarantine import Quarantine
-from harness.reporting import FLAKY, QUARANTINED, REPRO
+from harness.reporting import FLAKY, POOLED, QUARANTINED, REPRO, TORCH_POOL
 
 _RANK = {"passed": 0, "flaky": 1, "skipped": 2, "failed": 3}
 FLAKY_EXIT = 7  # pytest-rerunfailures' exit code for --fail-on-flaky
@@ -43,6 +43,7 @@ class TierSummary:
         self.rerun: set[str] = set()
         self.repros: dict[str, str] = {}
         self.quarantined: dict[str, tuple[str, bool]] = {}  # test id -> (entry id, passed)
+        self.torch_pool: dict[str, str] = {}  # test id -> "pooled" or why it ran on torch's spawn path
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         properties = dict(report.user_properties)
@@ -52,6 +53,8 @@ class TierSummary:
             return
         if REPRO in properties and report.failed:
             self.repros[report.nodeid] = properties[REPRO]
+        if TORCH_POOL in properties:
+            self.torch_pool[report.nodeid] = properties[TORCH_POOL]
         if QUARANTINED in properties and report.when == "call":
             self.quarantined[report.nodeid] = (properties[QUARANTINED], report.passed)
         name = properties.get("harness_tier")
@@ -107,9 +110,22 @@ class TierSummary:
             f"QUARANTINE: {entry!r} passed {self.quarantine.ready_after} runs in a row: ready to remove"
             for entry in ready
         ]
+        lines += self._torch_pool_line()
         for nodeid, line in sorted(self.repros.items()):
             lines.append(f"REPRO {nodeid}: {line}")
         return lines
+
+    def _torch_pool_line(self) -> list[str]:
+        """How many tests of torch's multi-process classes ran pooled, and why the others did not."""
+        if not self.torch_pool:
+            return []
+        ways = list(self.torch_pool.values())
+        reasons = sorted({w for w in ways if w != POOLED})
+        fell_back = len(ways) - ways.count(POOLED)
+        line = f"TORCH TESTS: {ways.count(POOLED)} pooled, {fell_back} on torch's own spawn path"
+        if reasons:
+            line += ": " + "; ".join(f"{reason} ({ways.count(reason)})" for reason in reasons)
+        return [line]
 
     def _update_streaks(self) -> list[str]:
         """Count, across runs (pytest's cache), how many runs in a row each entry's tests passed."""

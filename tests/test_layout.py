@@ -188,17 +188,10 @@ def private_reads(paths: list[Path], private: set[str]) -> list[tuple[str, int, 
     return found
 
 
-# Being emptied while this round's issues land; it must end empty.
-STILL_READ = {
-    "test_ranks_calls.py",
-    "test_ranks_pool.py",
-}
-
-
 def test_tests_read_no_private_name_of_the_packages():
     """A test that needs a private name says the package lacks a public view of it."""
     tests = [p for p in sorted((ROOT / "tests").rglob("*.py")) if p.name != "test_layout.py"]
-    assert [r for r in private_reads(tests, _private_names_defined()) if r[0] not in STILL_READ] == []
+    assert private_reads(tests, _private_names_defined()) == []
 
 
 def test_the_private_name_check_sees_a_read(tmp_path):

@@ -69,7 +69,7 @@ def _dumps(value: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _pickled(values: dict[str, Any], what: str) -> bytes:
+def pickled(values: dict[str, Any], what: str) -> bytes:
     """Pickle `values`, naming the entry that cannot be (only searched for once pickling has failed)."""
     try:
         return _dumps(values)
@@ -92,7 +92,7 @@ def make_call(item: pytest.Function, seed: int) -> Call:
     config = item.config
     funcargs = {name: item.funcargs[name] for name in item._fixtureinfo.argnames}
     instance = item.instance
-    state = _pickled(vars(instance), "test instance attribute") if instance is not None else None
+    state = pickled(vars(instance), "test instance attribute") if instance is not None else None
     marks = tuple(arg for mark in item.iter_markers(name="filterwarnings") for arg in mark.args)
     return Call(
         nodeid=item.nodeid,
@@ -100,7 +100,7 @@ def make_call(item: pytest.Function, seed: int) -> Call:
         path=str(item.path),
         cls=item.cls.__qualname__ if item.cls is not None else None,
         name=item.function.__name__,
-        funcargs=_pickled(funcargs, "fixture or parameter"),
+        funcargs=pickled(funcargs, "fixture or parameter"),
         instance_state=state,
         sys_path=tuple(sys.path),
         environ=dict(os.environ),
@@ -116,7 +116,8 @@ def make_call(item: pytest.Function, seed: int) -> Call:
     )
 
 
-def _load_module(name: str, path: str) -> types.ModuleType:
+def load_module(name: str, path: str) -> types.ModuleType:
+    """The test module, imported once per rank with pytest's assertion rewriting."""
     loaded = sys.modules.get(name)
     if loaded is not None and getattr(loaded, "__file__", None) == path:
         return loaded
@@ -138,7 +139,7 @@ def _load_module(name: str, path: str) -> types.ModuleType:
 def resolve(call: Call) -> tuple[Any, dict[str, Any]]:
     """The test function (bound to an instance carrying the pytest process's attributes) and its arguments."""
     sys.path[:0] = [entry for entry in call.sys_path if entry not in sys.path]
-    module = _load_module(call.module, call.path)
+    module = load_module(call.module, call.path)
     kwargs = pickle.loads(call.funcargs)
     if call.cls is None:
         return getattr(module, call.name), kwargs

@@ -22,11 +22,14 @@ def become_subreaper() -> None:
 
 
 def _children(pid: int) -> list[int]:
-    """Children of `pid`'s main thread: where Popen's children and a subreaper's orphans land."""
-    try:
-        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    """Children of every thread of `pid`: a child's parent is the thread that started it."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(child) for child in task.read_text().split()]
+        except OSError:
+            continue  # the thread ended; its children moved to another thread of the process
+    return found
 
 
 def descendants(pid: int) -> list[int]:

@@ -8,38 +8,19 @@ with `raises=`, warnings and returned values, output per rank.
 
 from __future__ import annotations
 
+import inspect
 import pickle
-import sys
-import warnings
 
 import pytest
 
 from harness import markers, tiers
 from harness.options import OPTIONS_KEY
-from harness.ranks import calls
-from harness.ranks.pool import PoolKey, PoolRegistry, RunResult
+from harness.ranks import calls, display, torch_tests
+from harness.ranks.pool import PoolKey, PoolRegistry
 from harness.ranks.results import FAILED, SKIPPED, XFAILED, Verdict
 from harness.tiers import tier_name
 
 SKIP_LOCATION_KEY = pytest.StashKey[tuple[str, int]]()
-
-
-class RankPoolReplaced(pytest.PytestWarning):
-    """A test left its ranks in a state a fresh rank would not have; the next test got new ones."""
-
-
-class RankProcessesEnded(pytest.PytestWarning):
-    """A test left processes running in its ranks; they were ended with the test."""
-
-
-def prefixed(rank: int, text: str) -> str:
-    """Rank output as the report and `-s` show it: every line tagged with its rank."""
-    return "".join(f"[rank {rank}] {line}" for line in text.splitlines(keepends=True))
-
-
-def _echo(rank: int, text: str) -> None:
-    sys.stdout.write(prefixed(rank, text))
-    sys.stdout.flush()
 
 
 class RankHooks:
@@ -47,7 +28,13 @@ class RankHooks:
 
     def __init__(self, config: pytest.Config, dist_timeout_s: float) -> None:
         self.config = config
-        self.registry = PoolRegistry(timeout_s=dist_timeout_s)
+        options = config.stash[OPTIONS_KEY]
+        preload = torch_tests.PRELOAD if options.pool_torch_tests else ()
+        self.registry = PoolRegistry(timeout_s=dist_timeout_s, preload=preload)
+        if options.pool_torch_tests:
+            config.pluginmanager.register(
+                torch_tests.TorchTestHooks(self.registry, options), "harness-torch-tests"
+            )
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         self.registry.close_all()
@@ -105,6 +92,13 @@ class RankHooks:
         if pyfuncitem.get_closest_marker("world_size") is None:
             return None
         __tracebackhide__ = True
+        if inspect.iscoroutinefunction(pyfuncitem.obj) or inspect.isasyncgenfunction(pyfuncitem.obj):
+            # pytest fails an async body it has no plugin for; one it has would run it here, not in N ranks.
+            pytest.fail(
+                f"{pyfuncitem.nodeid}: an async def test cannot run in ranks; make it a def that calls "
+                "asyncio.run(...)",
+                pytrace=False,
+            )
         item, options = pyfuncitem, pyfuncitem.config.stash[OPTIONS_KEY]
         name = tier_name(item) or "cpu"
         call = calls.make_call(item, options.seed)
@@ -113,8 +107,8 @@ class RankHooks:
         streaming = item.config.getoption("capture") == "no"
         with tiers.lease(item, name) as ids:
             key = PoolKey(tiers.world_size_of(item), name, tiers.backend_for(name), ids)
-            result = self.registry.run(key, call, isolated=isolated, echo=_echo if streaming else None)
-        _report(item, result)
+            result = self.registry.run(key, call, isolated=isolated, echo=display.echo if streaming else None)
+        display.show(item, result)
         _conclude(item, result.verdict)
         return True
 
@@ -126,41 +120,6 @@ class RankHooks:
         if location is not None and report.skipped and isinstance(report.longrepr, tuple):
             report.longrepr = (location[0], location[1], report.longrepr[2])
         return report
-
-
-def _report(item: pytest.Function, result: RunResult) -> None:
-    """What pytest would show for the body run in-process: output, warnings, returned values."""
-    for report in result.reports:
-        if report.output.strip():
-            item.add_report_section("call", "stdout", prefixed(report.rank, report.output))
-    seen = set()
-    for report in result.reports:
-        for warning in report.warnings:
-            if (key := (warning.category, warning.message, warning.filename, warning.lineno)) not in seen:
-                seen.add(key)
-                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    returned = sorted({(r.returned, r.rank) for r in result.reports if r.returned is not None})
-    if returned:
-        warnings.warn(
-            pytest.PytestReturnNotNoneWarning(
-                f"Test functions should return None, but {item.nodeid} returned a {returned[0][0]} "
-                f"in ranks {[rank for _, rank in returned]}; did you mean to use `assert`?"
-            ),
-            stacklevel=1,
-        )
-    ended = [f"rank {r.rank} {what}" for r in result.reports for what in r.ended]
-    if ended:
-        warnings.warn(
-            RankProcessesEnded(f"{item.nodeid} left processes running; ended: {'; '.join(ended)}"),
-            stacklevel=1,
-        )
-    if result.replaced:
-        warnings.warn(
-            RankPoolReplaced(
-                f"{item.nodeid}: ranks replaced for the next test: {'; '.join(result.replaced)}"
-            ),
-            stacklevel=1,
-        )
 
 
 def _conclude(item: pytest.Function, verdict: Verdict) -> None:

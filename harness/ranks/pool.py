@@ -15,20 +15,19 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
-from pathlib import Path
 
 import torch.multiprocessing
 
-from harness import safe_paths, tiers
-from harness.ranks import rendezvous, worker
+from harness import tiers
+from harness.ranks import logs, rendezvous, worker
 from harness.ranks.calls import Call
+from harness.ranks.logs import Echo, LiveEcho, RankLogs
 from harness.ranks.results import CRASHED, FAILED, RUNNING, RankReport, Verdict, exit_report, verdict
 
 PRELOAD = ["torch", "torch.distributed", "pytest", "harness.ranks.worker"]
@@ -41,12 +40,24 @@ _ECHO_POLL_S = 0.05
 # also leave processes running between tests.
 _RANK_DEFAULTS = {"TORCHINDUCTOR_COMPILE_THREADS": "1"}
 
-Echo = Callable[[int, str], None]
 
-
-def _without_watcher(dump: str) -> str:
+def without_owner_watch(dump: str) -> str:
     """Drop the owner-watch thread's block from a faulthandler dump: it is the same in every rank."""
     return "\n\n".join(block for block in dump.split("\n\n") if "in _watch_owner" not in block)
+
+
+def replacement_reasons(reports: list[RankReport]) -> list[str]:
+    """State a fresh rank would not have, which the ranks could not put back themselves."""
+    reasons = [f"rank {r.rank}: {why}" for r in reports for why in r.unclean]
+    if not all(r.group_alive for r in reports if r.outcome != RUNNING):
+        reasons.append("the default process group was destroyed")
+    counts = {r.rank: r.collectives for r in reports if r.collectives is not None}
+    if len(set(counts.values())) > 1:
+        reasons.append(
+            "ranks left a collective unmatched: their process groups are at different sequence "
+            f"numbers {counts} (torch counts point-to-point sends there too)"
+        )
+    return reasons
 
 
 class PoolStartError(RuntimeError):
@@ -59,6 +70,7 @@ class PoolKey:
     tier: str
     backend: str
     device_ids: tuple[str, ...] = ()
+    group: bool = True  # ranks join a default process group; torch's test classes make their own
 
 
 @dataclass
@@ -68,25 +80,11 @@ class RunResult:
     replaced: list[str] = field(default_factory=list)  # why the ranks were not kept for the next test
 
 
-def rank_context() -> BaseContext:
+def rank_context(extra_preload: tuple[str, ...] = ()) -> BaseContext:
     """torch.multiprocessing's forkserver context, preloading torch once for every rank."""
     context = torch.multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)
+    context.set_forkserver_preload([*PRELOAD, *extra_preload])
     return context
-
-
-def logs_root() -> Path:
-    """This user's rank-log folder, created 0700 and refused when another user could change it."""
-    return safe_paths.secure_dir(safe_paths.user_temp_dir(safe_paths.RANK_LOGS_DIR))
-
-
-def remove_stale_logs() -> None:
-    """Log folders of pytest processes that were killed before they could remove their own."""
-    with contextlib.suppress(OSError):
-        for folder in logs_root().iterdir():
-            owner = folder.name.partition("-")[0]
-            if owner.isdigit() and not Path(f"/proc/{owner}").exists():
-                shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -106,7 +104,7 @@ def _main_module_hidden() -> Iterator[None]:
 
 
 class RankPool:
-    """`world_size` live ranks with an initialised default process group."""
+    """`world_size` live ranks, with an initialised default process group when `key.group`."""
 
     def __init__(self, key: PoolKey, context: BaseContext, timeout_s: float, grace_s: float) -> None:
         self.key = key
@@ -114,17 +112,17 @@ class RankPool:
         self.grace_s = grace_s
         self.broken = False
         self.ready = False
-        self.logdir = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=logs_root())
+        self.logdir = logs.new_log_dir()
         group_timeout = max(1.0, 0.8 * timeout_s)
-        self.store = rendezvous.host_store(key.world_size, group_timeout)
         cuda_ids = key.device_ids if key.backend == "nccl" else ()
+        self.store = rendezvous.host_store(key.world_size, group_timeout) if key.group else None
         extra = {
             **{k: v for k, v in _RANK_DEFAULTS.items() if k not in os.environ},
             **tiers.startup_env(key.tier),
         }
         self.conns: list[Connection] = []
         self.procs = []
-        self.log_paths = []
+        paths = []
         with _main_module_hidden():
             for rank in range(key.world_size):
                 log_path = os.path.join(self.logdir, f"rank{rank}.log")
@@ -132,11 +130,12 @@ class RankPool:
                     rank=rank,
                     world_size=key.world_size,
                     backend=key.backend,
-                    env={**rendezvous.rank_env(rank, key.world_size, self.store.port, cuda_ids), **extra},
+                    env={**self._own_env(rank, cuda_ids), **extra},
                     log_path=log_path,
                     owner_pid=os.getpid(),
                     group_timeout_s=group_timeout,
                     deterministic=tiers.TIERS[key.tier].deterministic,
+                    init_group=key.group,
                 )
                 parent_end, child_end = context.Pipe()
                 proc = context.Process(target=worker.main, args=(spec, child_end), name=f"harness-rank{rank}")
@@ -144,7 +143,14 @@ class RankPool:
                 child_end.close()
                 self.conns.append(parent_end)
                 self.procs.append(proc)
-                self.log_paths.append(log_path)
+                paths.append(log_path)
+        self.logs = RankLogs(paths)
+
+    def _own_env(self, rank: int, cuda_ids: tuple[str, ...]) -> dict[str, str]:
+        """torchrun's variables for a pool with a group; a torch test class sets up its own rendezvous."""
+        if self.store is not None:
+            return rendezvous.rank_env(rank, self.key.world_size, self.store.port, cuda_ids)
+        return {"CUDA_VISIBLE_DEVICES": ",".join(cuda_ids)} if cuda_ids else {}
 
     @property
     def pids(self) -> list[int]:
@@ -153,34 +159,8 @@ class RankPool:
     def alive(self) -> bool:
         return not self.broken and all(p.is_alive() for p in self.procs)
 
-    def _log_size(self, rank: int) -> int:
-        try:
-            return os.path.getsize(self.log_paths[rank])
-        except OSError:
-            return 0
-
-    def _read_log(self, rank: int, start: int, limit: int | None = None) -> str:
-        try:
-            with open(self.log_paths[rank], "rb") as log:
-                size = log.seek(0, os.SEEK_END)
-                if limit is not None and size - start > limit:
-                    log.seek(size - limit)
-                    data = f"... ({size - start - limit} bytes cut)\n".encode() + log.read()
-                else:
-                    log.seek(start)
-                    data = log.read()
-        except OSError:
-            return ""
-        return data.decode(errors="replace")
-
-    def _truncate_logs(self) -> None:
-        """Ranks append, so emptying the logs between tests caps them at one test's output."""
-        for path in self.log_paths:
-            with contextlib.suppress(OSError):
-                safe_paths.truncate(path)
-
     def wait_ready(self) -> None:
-        """Block until every rank has joined the process group."""
+        """Block until every rank has started (and joined the process group, when it has one)."""
         if self.ready:
             return
         deadline = time.monotonic() + self.timeout_s
@@ -204,94 +184,106 @@ class RankPool:
         self.ready = True
 
     def run(self, call: Call, echo: Echo | None = None) -> RunResult:
-        """Run `call` in every rank; the first failure ends the wait after a short grace.
+        """Run `call` in every rank: `send`, then `finish`."""
+        self.send(call)
+        return self.finish(echo)
 
-        A rank that failed is stopped at once, which ends the wait early on gloo.
-
-        With `echo`, each rank's output is handed over line by line while it runs
-        (pytest -s) instead of being collected for the report.
-        """
+    def send(self, call: Call) -> None:
+        """Start `call` in every rank, on logs emptied for it."""
         self.wait_ready()  # a start error reaches the registry, which replaces the pool
-        size = self.key.world_size
-        self._truncate_logs()
-        echoed = [0] * size
+        self.logs.empty()
         for conn in self.conns:
             conn.send(("run", call))
+
+    def finish(
+        self, echo: Echo | None = None, timeout_s: float | None = None, timeout_source: str = "--dist-timeout"
+    ) -> RunResult:
+        """Wait for the call `send` started, at most `timeout_s` (--dist-timeout by default).
+
+        The first failure ends the wait after a short grace; a rank that failed is
+        stopped at once, which ends the wait early on gloo. With `echo`, each rank's
+        output is handed over line by line while it runs (pytest -s) instead of
+        being collected for the report.
+        """
+        limit_s = self.timeout_s if timeout_s is None else timeout_s
+        live = LiveEcho(self.logs, echo) if echo else None
         reports: dict[int, RankReport] = {}
-        deadline = time.monotonic() + self.timeout_s
-        failed_at: float | None = None
         try:
-            while len(reports) < size:
-                limit = deadline if failed_at is None else min(deadline, failed_at + self.grace_s)
-                pending = [r for r in range(size) if r not in reports]
-                left = max(0.0, limit - time.monotonic())
-                ready = wait(
-                    [self.conns[r] for r in pending] + [self.procs[r].sentinel for r in pending],
-                    min(left, _ECHO_POLL_S) if echo else left,
-                )
-                if echo:
-                    self._echo(echo, echoed)
-                if not ready and time.monotonic() >= limit:
-                    break
-                for rank in pending:
-                    report = self._collect(rank)
-                    if report is None:
-                        continue
-                    reports[rank] = report
-                    if report.outcome in (FAILED, CRASHED):
-                        failed_at = failed_at or time.monotonic()
-                        self._stop(rank)
+            failed_at = self._wait_for_reports(reports, live, limit_s)
         except BaseException as interrupt:
             # pytest-timeout (or anything else) ended the wait: show where every rank was.
             self.broken = True
             if not isinstance(interrupt, KeyboardInterrupt):
-                unfinished = {r: RankReport(r, RUNNING) for r in range(size) if r not in reports}
-                self._dump_stacks(unfinished)
-                stacks = "\n\n".join(
-                    f"rank {r} of {size}:\n{rep.stack.rstrip()}" for r, rep in unfinished.items()
-                )
-                if stacks:
-                    notes = getattr(interrupt, "__notes__", None) or []
-                    interrupt.__notes__ = [*notes, f"Python stacks of the ranks still running:\n{stacks}"]
+                self._note_stacks(interrupt, reports)
             raise
-        if echo:
-            self._echo(echo, echoed, final=True)
+        if live is not None:
+            live.poll(final=True)
+        return self._conclude(reports, failed_at, live is None, limit_s, timeout_source)
+
+    def _wait_for_reports(
+        self, reports: dict[int, RankReport], live: LiveEcho | None, limit_s: float
+    ) -> float | None:
+        """Fill `reports` until every rank reported, the wait ran out, or the grace after the
+        first failure did; returns when that failure came (monotonic clock), if one did."""
+        size = self.key.world_size
+        deadline = time.monotonic() + limit_s
+        failed_at: float | None = None
+        while len(reports) < size:
+            limit = deadline if failed_at is None else min(deadline, failed_at + self.grace_s)
+            pending = [r for r in range(size) if r not in reports]
+            left = max(0.0, limit - time.monotonic())
+            ready = wait(
+                [self.conns[r] for r in pending] + [self.procs[r].sentinel for r in pending],
+                min(left, _ECHO_POLL_S) if live else left,
+            )
+            if live is not None:
+                live.poll()
+            if not ready and time.monotonic() >= limit:
+                break
+            for rank in pending:
+                report = self._collect(rank)
+                if report is None:
+                    continue
+                reports[rank] = report
+                if report.outcome in (FAILED, CRASHED):
+                    failed_at = failed_at or time.monotonic()
+                    self._stop(rank)
+        return failed_at
+
+    def _note_stacks(self, interrupt: BaseException, reports: dict[int, RankReport]) -> None:
+        """Add the Python stack of every rank still running to the exception that ended the wait."""
+        size = self.key.world_size
+        unfinished = {r: RankReport(r, RUNNING) for r in range(size) if r not in reports}
+        self._dump_stacks(unfinished)
+        stacks = "\n\n".join(f"rank {r} of {size}:\n{rep.stack.rstrip()}" for r, rep in unfinished.items())
+        if stacks:
+            notes = getattr(interrupt, "__notes__", None) or []
+            interrupt.__notes__ = [*notes, f"Python stacks of the ranks still running:\n{stacks}"]
+
+    def _conclude(
+        self,
+        reports: dict[int, RankReport],
+        failed_at: float | None,
+        with_output: bool,
+        limit_s: float,
+        timeout_source: str,
+    ) -> RunResult:
+        """The verdict, with each rank's output and the stacks of ranks still running; the pool
+        is marked broken when the next test must not get these ranks, and `replaced` says why."""
+        size = self.key.world_size
         for rank in range(size):
             reports.setdefault(rank, RankReport(rank, RUNNING))
-            if not echo:
-                reports[rank].output = self._read_log(rank, 0, OUTPUT_CAP_BYTES)
+            if with_output:
+                reports[rank].output = self.logs.read(rank, 0, OUTPUT_CAP_BYTES)
         ordered = [reports[r] for r in range(size)]
         hung = any(r.outcome == RUNNING for r in ordered)
-        replaced = [] if hung or failed_at is not None else self._replacement_reasons(ordered)
+        replaced = [] if hung or failed_at is not None else replacement_reasons(ordered)
         if hung or failed_at is not None or replaced:
             self.broken = True
         if hung:
             self._dump_stacks(reports)
-        timeout = self.timeout_s if hung and failed_at is None else None
-        return RunResult(verdict(ordered, size, timeout), ordered, replaced)
-
-    @staticmethod
-    def _replacement_reasons(reports: list[RankReport]) -> list[str]:
-        """State a fresh rank would not have, which the ranks could not put back themselves."""
-        reasons = [f"rank {r.rank}: {why}" for r in reports for why in r.unclean]
-        if not all(r.group_alive for r in reports if r.outcome != RUNNING):
-            reasons.append("the default process group was destroyed")
-        counts = {r.rank: r.collectives for r in reports if r.collectives is not None}
-        if len(set(counts.values())) > 1:
-            reasons.append(
-                "ranks left a collective unmatched: their process groups are at different sequence "
-                f"numbers {counts} (torch counts point-to-point sends there too)"
-            )
-        return reasons
-
-    def _echo(self, echo: Echo, echoed: list[int], final: bool = False) -> None:
-        for rank in range(self.key.world_size):
-            text = self._read_log(rank, echoed[rank])
-            if not final:
-                text = text[: text.rfind("\n") + 1]
-            if text:
-                echoed[rank] += len(text.encode())
-                echo(rank, text)
+        timeout = limit_s if hung and failed_at is None else None
+        return RunResult(verdict(ordered, size, timeout, timeout_source), ordered, replaced)
 
     def _receive(self, rank: int) -> tuple | None:
         """The rank's next message; None while it has none, and once its end of the pipe closed."""
@@ -303,7 +295,7 @@ class RankPool:
     def _exit_report(self, rank: int) -> RankReport:
         proc = self.procs[rank]
         proc.join()
-        return exit_report(rank, proc.exitcode, self._read_log(rank, 0, _LOG_TAIL_BYTES), time.time())
+        return exit_report(rank, proc.exitcode, self.logs.read(rank, 0, _LOG_TAIL_BYTES), time.time())
 
     def _collect(self, rank: int) -> RankReport | None:
         message = self._receive(rank)
@@ -320,7 +312,7 @@ class RankPool:
     def _dump_stacks(self, reports: dict[int, RankReport]) -> None:
         """Ask each unfinished rank for its Python stack (faulthandler answers even inside a blocked collective)."""
         live = [r for r, report in reports.items() if report.outcome == RUNNING and self.procs[r].is_alive()]
-        before = {r: self._log_size(r) for r in live}
+        before = {r: self.logs.size(r) for r in live}
         for rank in live:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.procs[rank].pid, worker.DUMP_SIGNAL)
@@ -328,12 +320,12 @@ class RankPool:
         sizes = dict(before)
         while time.monotonic() < deadline:
             time.sleep(0.1)
-            now = {r: self._log_size(r) for r in live}
+            now = {r: self.logs.size(r) for r in live}
             if all(now[r] > before[r] for r in live) and now == sizes:
                 break
             sizes = now
         for rank in live:
-            reports[rank].stack = _without_watcher(self._read_log(rank, before[rank]))
+            reports[rank].stack = without_owner_watch(self.logs.read(rank, before[rank]))
 
     def close(self) -> None:
         """Stop every rank (politely when idle) and kill each rank's process group, so
@@ -361,17 +353,20 @@ class RankPool:
 class PoolRegistry:
     """The pools of one pytest process, least recently used closed first beyond `max_pools`."""
 
-    def __init__(self, timeout_s: float, grace_s: float = 2.0, max_pools: int = 4) -> None:
+    def __init__(
+        self, timeout_s: float, grace_s: float = 2.0, max_pools: int = 4, preload: tuple[str, ...] = ()
+    ) -> None:
         self.timeout_s = timeout_s
         self.grace_s = grace_s
         self.max_pools = max_pools
+        self.preload = preload  # modules every rank imports anyway, loaded once in the forkserver
         self.pools: OrderedDict[PoolKey, RankPool] = OrderedDict()
         self._context: BaseContext | None = None
 
     def _new(self, key: PoolKey) -> RankPool:
         if self._context is None:
-            remove_stale_logs()
-            self._context = rank_context()
+            logs.remove_stale_logs()
+            self._context = rank_context(self.preload)
         return RankPool(key, self._context, self.timeout_s, self.grace_s)
 
     def get(self, key: PoolKey) -> RankPool:
@@ -395,10 +390,14 @@ class PoolRegistry:
             pool.broken = True
             raise
         finally:
-            if isolated or pool.broken:
-                pool.close()
-            if pool.broken and self.pools.get(key) is pool:
-                del self.pools[key]
+            self.release(key, pool, isolated)
+
+    def release(self, key: PoolKey, pool: RankPool, isolated: bool = False) -> None:
+        """After a run: close the pool when it was fresh for one test or must not be reused."""
+        if isolated or pool.broken:
+            pool.close()
+        if pool.broken and self.pools.get(key) is pool:
+            del self.pools[key]
 
     def close_all(self) -> None:
         while self.pools:

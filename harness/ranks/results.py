@@ -47,6 +47,8 @@ class RankReport:
     collectives: int | None = None  # the default group's sequence number after the test
     ended: list[str] = field(default_factory=list)  # processes the test left running, ended
     unclean: list[str] = field(default_factory=list)  # state the rank could not put back
+    exit_code: int | None = None  # a torch test class's rank: how its process would have exited
+    piped: list[str] = field(default_factory=list)  # ... and what it sent its parent (tracebacks)
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def exit_report(rank: int, exitcode: int | None, log_tail: str, when: float) -> 
         text = "exited with code 0 before reporting a result"
     if log_tail.strip():
         text += f"\nlast output:\n{log_tail.rstrip()}"
-    return RankReport(rank, CRASHED, text, group_alive=False, failed_at=when)
+    return RankReport(rank, CRASHED, text, group_alive=False, failed_at=when, exit_code=exitcode)
 
 
 def _describe(report: RankReport, world_size: int) -> str:
@@ -106,8 +108,13 @@ def split_failures(reports: list[RankReport]) -> tuple[list[RankReport], list[Ra
     return own, [r for r in failures if r not in own]
 
 
-def verdict(reports: list[RankReport], world_size: int, timeout_s: float | None = None) -> Verdict:
-    """Combine the reports; `timeout_s` is set when the wait ran out."""
+def verdict(
+    reports: list[RankReport],
+    world_size: int,
+    timeout_s: float | None = None,
+    timeout_source: str = "--dist-timeout",
+) -> Verdict:
+    """Combine the reports; `timeout_s` is set when the wait ran out, `timeout_source` says whose limit it was."""
     own, knock_on = split_failures(reports)
     running = [r for r in reports if r.outcome == RUNNING]
     lead = own or running
@@ -116,7 +123,7 @@ def verdict(reports: list[RankReport], world_size: int, timeout_s: float | None 
         message = "\n\n".join(_describe(r, world_size) for r in lead)
         if lead is running:
             waited = (
-                f"after {timeout_s:g}s (--dist-timeout)" if timeout_s is not None else "after a rank failed"
+                f"after {timeout_s:g}s ({timeout_source})" if timeout_s is not None else "after a rank failed"
             )
             message = f"ranks {[r.rank for r in running]} still running {waited}:\n\n{message}"
         finished = [r for r in reports if r not in lead and r not in rest]

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 import pytest
-import torch.distributed as dist
 
 from harness import safe_paths, tiers
-from harness.ranks import calls, children, rendezvous, state
+from harness.ranks import calls, children, rendezvous, state, torch_call
 from harness.ranks.results import RankReport
 
 DUMP_SIGNAL = signal.SIGUSR1
@@ -44,6 +43,7 @@ class RankSpec:
     owner_pid: int
     group_timeout_s: float
     deterministic: bool
+    init_group: bool = True
 
 
 def _kill_own_group() -> None:
@@ -103,8 +103,8 @@ def _mirror_environ(caller: dict[str, str], own: dict[str, str]) -> None:
     os.environ.update(wanted)
 
 
-def _run(call: calls.Call, rank: int, baseline: state.Baseline) -> RankReport:
-    """One test in this rank, then everything it changed or started put back or ended."""
+def _run_test(call: calls.Call, rank: int, baseline: state.Baseline) -> tuple[RankReport, set[str]]:
+    """A pytest test function; returns its report and the modules loaded before its body ran."""
     kwargs = {}
     modules = set(sys.modules)
     try:
@@ -117,10 +117,33 @@ def _run(call: calls.Call, rank: int, baseline: state.Baseline) -> RankReport:
     for value in kwargs.values():
         if isinstance(value, pytest.MonkeyPatch):
             value.undo()
+    return report, modules
+
+
+def _run_torch_test(
+    call: torch_call.TorchCall, rank: int, baseline: state.Baseline
+) -> tuple[RankReport, set[str]]:
+    """A test of torch's MultiProcessTestCase family, through the class's own rank entry point."""
+    modules = set(sys.modules)
+    try:
+        cls = torch_call.resolve(call)
+        skip_codes = torch_call.skip_codes()
+    except Exception:
+        return torch_call.failure(rank), modules
+    modules = baseline.start_test(call.seed)
+    return torch_call.execute(call, cls, rank, skip_codes), modules
+
+
+def _run(call: calls.Call | torch_call.TorchCall, rank: int, baseline: state.Baseline) -> RankReport:
+    """One test in this rank, then everything it changed or started put back or ended."""
+    if isinstance(call, torch_call.TorchCall):
+        report, modules = _run_torch_test(call, rank, baseline)
+    else:
+        report, modules = _run_test(call, rank, baseline)
     report.unclean = baseline.restore(modules)
     report.ended = children.end_descendants()
     report.collectives = baseline.collectives()
-    report.group_alive = dist.is_initialized()
+    report.group_alive = baseline.group_kept()
     return report
 
 
@@ -131,10 +154,11 @@ def main(spec: RankSpec, conn: Connection) -> None:
     _log_to(spec.log_path)
     os.environ.update(spec.env)
     try:
-        rendezvous.init_default_group(spec.backend, spec.group_timeout_s)
+        if spec.init_group:
+            rendezvous.init_default_group(spec.backend, spec.group_timeout_s)
         if spec.deterministic:
             tiers.set_deterministic(True)
-        baseline = state.Baseline()
+        baseline = state.Baseline(DUMP_SIGNAL)
     except Exception:
         _flush()
         conn.send(("start_failed", traceback.format_exc()))

@@ -139,8 +139,8 @@ def test_help_shows_every_option_and_ini_key_as_the_docs_quote_it(pytester):
     text = pytester.runpytest("--help", "-p", "no:cacheprovider").stdout.str()
     section = text[text.index("ac-harness test tiers (active with `harness = true` in the ini file):") :]
     section = section[: section.index("\n\n")]
-    ini_keys = re.findall(r"^  harness(?:_\w+)? \(.*?(?=^  \S)", text, re.M | re.S)
-    assert len(ini_keys) == 2, ini_keys
+    ini_keys = re.findall(r"^  (?:harness(?:_\w+)?|pool_torch_tests) \(.*?(?=^  \S)", text, re.M | re.S)
+    assert len(ini_keys) == 3, ini_keys
     assert unwrapped(section + "".join(ini_keys)) == unwrapped(quoted_help("pytest --help"))
 
 

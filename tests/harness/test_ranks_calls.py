@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from harness.ranks.calls import _pickled, execute, resolve
+from harness.ranks.calls import execute, pickled, resolve
 from harness.ranks.results import FAILED, PASSED, RankWarning
 from tests.harness.rank_call import CALL
 
@@ -19,9 +19,9 @@ from tests.harness.rank_call import CALL
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
 
 
-def test_a_value_that_cannot_be_pickled_is_named_with_its_type():
+def test_a_value_that_cannot_bepickled_is_named_with_its_type():
     with pytest.raises(TypeError) as error:
-        _pickled({"fine": 1, "lock": threading.Lock()}, "fixture or parameter")
+        pickled({"fine": 1, "lock": threading.Lock()}, "fixture or parameter")
     assert str(error.value) == (
         "fixture or parameter 'lock' (lock) cannot be pickled into the ranks of a world_size test: "
         "cannot pickle '_thread.lock' object"
@@ -29,7 +29,7 @@ def test_a_value_that_cannot_be_pickled_is_named_with_its_type():
 
 
 def test_a_monkeypatch_reaches_the_rank_as_a_fresh_one():
-    values = pickle.loads(_pickled({"monkeypatch": pytest.MonkeyPatch(), "n": 3}, "fixture or parameter"))
+    values = pickle.loads(pickled({"monkeypatch": pytest.MonkeyPatch(), "n": 3}, "fixture or parameter"))
     assert isinstance(values["monkeypatch"], pytest.MonkeyPatch) and values["n"] == 3
 
 

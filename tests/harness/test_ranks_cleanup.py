@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.ranks import pool
+from harness.ranks import logs
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
@@ -127,8 +127,8 @@ def test_signalled_pytest_leaves_no_rank(pytester, tmp_path, monkeypatch, sig):
         _wait_for(lambda: not any(alive(p) for p in tree), 15, f"{sorted(tree)} to exit after {sig.name}")
         # A killed run cannot remove its rank logs; the next run that starts ranks does.
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-        pool.remove_stale_logs()
-        assert not list(pool.logs_root().iterdir()), "a killed run's rank logs were kept"
+        logs.remove_stale_logs()
+        assert not list(logs.logs_root().iterdir()), "a killed run's rank logs were kept"
     finally:
         if proc.poll() is None:
             proc.kill()

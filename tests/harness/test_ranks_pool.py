@@ -7,7 +7,16 @@ import signal
 
 import pytest
 
-from harness.ranks.pool import PoolKey, PoolRegistry, PoolStartError, RankPool, _without_watcher, rank_context
+from harness.ranks.logs import LiveEcho, RankLogs
+from harness.ranks.pool import (
+    PoolKey,
+    PoolRegistry,
+    PoolStartError,
+    RankPool,
+    rank_context,
+    replacement_reasons,
+    without_owner_watch,
+)
 from harness.ranks.results import PASSED, RUNNING, RankReport
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
@@ -67,7 +76,7 @@ def test_replacement_reasons_name_what_a_fresh_rank_would_not_have():
         RankReport(1, PASSED, group_alive=False, collectives=4),
         RankReport(2, RUNNING, group_alive=False),
     ]
-    assert RankPool._replacement_reasons(reports) == [
+    assert replacement_reasons(reports) == [
         "rank 0: CUDA_VISIBLE_DEVICES changed",
         "the default process group was destroyed",
         "ranks left a collective unmatched: their process groups are at different sequence numbers "
@@ -78,18 +87,16 @@ def test_replacement_reasons_name_what_a_fresh_rank_would_not_have():
         RankReport(1, PASSED, collectives=2),
         RankReport(2, RUNNING),
     ]
-    assert RankPool._replacement_reasons(clean) == []
+    assert replacement_reasons(clean) == []
 
 
 @pytest.fixture
 def logs(tmp_path):
-    """A pool's view of two ranks' log files, without starting ranks."""
-    pool = RankPool.__new__(RankPool)
-    pool.key = PoolKey(2, "cpu", "gloo")
-    pool.log_paths = [str(tmp_path / "rank0.log"), str(tmp_path / "rank1.log")]
-    for path in pool.log_paths:
+    """Two ranks' log files, without starting ranks."""
+    paths = [str(tmp_path / "rank0.log"), str(tmp_path / "rank1.log")]
+    for path in paths:
         open(path, "w").close()
-    return pool
+    return RankLogs(paths)
 
 
 def _append(path: str, text: str) -> None:
@@ -99,31 +106,39 @@ def _append(path: str, text: str) -> None:
 
 def test_live_output_is_echoed_in_whole_lines_once_and_the_rest_at_the_end(logs):
     got: list[tuple[int, str]] = []
-    echoed = [0, 0]
-    _append(logs.log_paths[0], "one\ntwo\npar")
-    logs._echo(lambda rank, text: got.append((rank, text)), echoed)
+    live = LiveEcho(logs, lambda rank, text: got.append((rank, text)))
+    _append(logs.paths[0], "one\ntwo\npar")
+    live.poll()
     assert got == [(0, "one\ntwo\n")]
-    _append(logs.log_paths[0], "tial\n")
-    logs._echo(lambda rank, text: got.append((rank, text)), echoed)
+    _append(logs.paths[0], "tial\n")
+    live.poll()
     assert got[1:] == [(0, "partial\n")]
-    _append(logs.log_paths[0], "tail")
-    _append(logs.log_paths[1], "ünï\n")
-    logs._echo(lambda rank, text: got.append((rank, text)), echoed, final=True)
+    _append(logs.paths[0], "tail")
+    _append(logs.paths[1], "ünï\n")
+    live.poll(final=True)
     assert got[2:] == [(0, "tail"), (1, "ünï\n")]
-    assert echoed == [len(b"one\ntwo\npartial\ntail"), len("ünï\n".encode())]
+    live.poll(final=True)
+    assert got[4:] == [], "output is echoed once"
 
 
 def test_a_long_log_keeps_its_end_and_says_how_much_was_cut(logs):
-    _append(logs.log_paths[0], "abcdefgh")
-    assert logs._read_log(0, 2, limit=4) == "... (2 bytes cut)\nefgh"
-    assert logs._read_log(0, 2, limit=6) == "cdefgh"
-    assert logs._read_log(0, 3) == "defgh"
+    _append(logs.paths[0], "abcdefgh")
+    assert logs.read(0, 2, limit=4) == "... (2 bytes cut)\nefgh"
+    assert logs.read(0, 2, limit=6) == "cdefgh"
+    assert logs.read(0, 3) == "defgh"
+
+
+def test_emptied_logs_hold_only_what_comes_after(logs):
+    _append(logs.paths[0], "old test")
+    logs.empty()
+    _append(logs.paths[0], "new")
+    assert (logs.read(0, 0), logs.size(0), logs.read(1, 0)) == ("new", 3, "")
 
 
 def test_every_rank_stack_drops_the_owner_watch_thread():
     main, other = 'Current thread 1 (most recent call first):\n  File "t.py"', 'Thread 3:\n  File "u.py"'
     dump = f'{main}\n\nThread 2:\n  File "w.py", line 3 in _watch_owner\n\n{other}'
-    assert _without_watcher(dump) == f"{main}\n\n{other}"
+    assert without_owner_watch(dump) == f"{main}\n\n{other}"
 
 
 class _Ranks:
@@ -234,9 +249,9 @@ def test_emptying_the_logs_between_tests_never_follows_a_planted_link(logs, tmp_
     """A swapped rank log linking to another file must not cut that file to 0 bytes."""
     victim = tmp_path / "victim"
     victim.write_text("precious")
-    os.unlink(logs.log_paths[0])
-    os.symlink(victim, logs.log_paths[0])
-    _append(logs.log_paths[1], "last test's output")
-    logs._truncate_logs()
+    os.unlink(logs.paths[0])
+    os.symlink(victim, logs.paths[0])
+    _append(logs.paths[1], "last test's output")
+    logs.empty()
     assert victim.read_text() == "precious"
-    assert os.path.getsize(logs.log_paths[1]) == 0
+    assert os.path.getsize(logs.paths[1]) == 0

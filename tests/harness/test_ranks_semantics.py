@@ -20,7 +20,7 @@ import pytest
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
 
 BODIES = """
-import os, signal, subprocess, sys, warnings
+import os, signal, subprocess, sys, threading, time, warnings
 import pytest
 import torch
 import torch.distributed as dist
@@ -62,6 +62,49 @@ def test_a_leaves_a_mess(monkeypatch, tmp_path):
     import leftover_module  # noqa: F401
     monkeypatch.setattr(dist, "get_world_size", lambda *args, **kwargs: 99)
     record("sleeper", subprocess.Popen(["sleep", "300"]).pid)
+    record("grandchild", start_grandchild(parent_stays=True))
+    record("orphaned_grandchild", start_grandchild(parent_stays=False))
+
+
+# A thread left running replaces the pool, so this has its own pair of tests.
+@pytest.mark.world_size(2)
+def test_a2_starts_a_child_from_a_thread():
+    started = threading.Event()
+    threading.Thread(target=start_from_a_thread, args=(started,), daemon=True).start()
+    started.wait()
+
+
+@pytest.mark.world_size(2)
+def test_a3_the_threads_child_was_ended():
+    assert not alive(int(recorded("thread_child"))), "a child started from a thread is still running"
+
+
+# The child's parent is the thread, which is still alive when the test ends; the child
+# has a session of its own, out of reach of a kill of the rank's process group.
+def start_from_a_thread(started):
+    record("thread_child", subprocess.Popen(["sleep", "300"], start_new_session=True).pid)
+    started.set()
+    time.sleep(3)
+
+
+GRANDPARENT = (
+    "import subprocess, sys, time\\n"
+    "pid = subprocess.Popen(['sleep', '300'], start_new_session=True).pid\\n"
+    "print(pid, flush=True)\\n"
+    "if sys.argv[1] == 'stay':\\n"
+    "    time.sleep(300)\\n"
+)
+
+
+# A child that starts its own child, then waits or exits; returns the grandchild's pid.
+def start_grandchild(parent_stays):
+    child = subprocess.Popen(
+        [sys.executable, "-c", GRANDPARENT, "stay" if parent_stays else "exit"], stdout=subprocess.PIPE, text=True
+    )
+    pid = int(child.stdout.readline())
+    if not parent_stays:
+        child.wait()
+    return pid
 
 
 @pytest.mark.world_size(2)
@@ -77,7 +120,8 @@ def test_b_starts_clean():
     assert list(dist.distributed_c10d._world.pg_map) == [dist.distributed_c10d._get_default_group()]
     assert os.getcwd() != recorded("cwd")
     assert recorded("cwd") not in sys.path and "leftover_module" not in sys.modules
-    assert not alive(int(recorded("sleeper"))), "a process the last test started is still running"
+    for name in ("sleeper", "grandchild", "orphaned_grandchild"):
+        assert not alive(int(recorded(name))), f"the {{name}} the last test started is still running"
 
 
 @pytest.mark.world_size(2)
@@ -202,7 +246,7 @@ def test_pooled_ranks_start_clean_and_keep_pytest_semantics(pytester, tmp_path):
         "-W", "error::FutureWarning", f"--junitxml={junit}", "-o", "junit_logging=all",
     )  # fmt: skip
     out = result.stdout.str()
-    result.assert_outcomes(passed=11, failed=5, skipped=1, xfailed=1)
+    result.assert_outcomes(passed=13, failed=5, skipped=1, xfailed=1)
     failed = set(re.findall(r"FAILED test_sem.py::(\w+)", out))
     assert failed == {
         "test_xfail_with_another_error_fails",
@@ -320,12 +364,12 @@ def test_a_projects_own_markers_that_resemble_harness_markers_are_left_alone(pyt
 def test_stale_log_folders_of_killed_runs_are_removed(tmp_path, monkeypatch):
     import tempfile
 
-    from harness.ranks import pool
+    from harness.ranks import logs
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    dead = pool.logs_root() / "999999999-abc"
-    mine = pool.logs_root() / f"{os.getpid()}-abc"
+    dead = logs.logs_root() / "999999999-abc"
+    mine = logs.logs_root() / f"{os.getpid()}-abc"
     for folder in (dead, mine):
         folder.mkdir(parents=True)
-    pool.remove_stale_logs()
+    logs.remove_stale_logs()
     assert not dead.exists() and mine.exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness import devices, safe_paths
-from harness.ranks import pool
+from harness.ranks import logs
 
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
 
@@ -39,11 +39,11 @@ def temp_root(monkeypatch, tmp_path):
 
 
 def test_the_lease_and_rank_log_folders_are_created_private(temp_root):
-    for path in (devices.lease_dir(), pool.logs_root()):
+    for path in (devices.lease_dir(), logs.logs_root()):
         assert path.parent == temp_root and stat.S_IMODE(path.stat().st_mode) == 0o700, path
 
 
-@pytest.mark.parametrize("make", [devices.lease_dir, pool.logs_root], ids=["leases", "rank-logs"])
+@pytest.mark.parametrize("make", [devices.lease_dir, logs.logs_root], ids=["leases", "rank-logs"])
 def test_a_folder_another_user_created_first_is_refused(temp_root, monkeypatch, make):
     planted = make()
     planted.chmod(0o777)

@@ -81,7 +81,8 @@ def _collect(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 
 class _OptionNames:
-    """Stands in for pytest's parser to list the options the harness adds."""
+    """Stands in for pytest's parser to list the options the harness adds that take a value
+    (a flag such as --pool-torch-tests has no bad value)."""
 
     def __init__(self) -> None:
         self.names: list[str] = []
@@ -93,7 +94,8 @@ class _OptionNames:
         return self
 
     def addoption(self, name: str, **kwargs: object) -> None:
-        self.names.append(name)
+        if kwargs.get("action") not in ("store_true", "store_false"):
+            self.names.append(name)
 
 
 def test_every_option_variable_and_marker_has_a_bad_value_here():
@@ -140,10 +142,12 @@ def test_a_quarantine_list_of_the_wrong_shape_is_one_usage_error_line(pytester, 
     assert line == f"ERROR: quarantine list {pytester.path / 'quarantine.toml'}: {BAD_QUARANTINE[entry]}"
 
 
-def test_a_bad_ini_switch_is_one_usage_error_line_naming_the_key_and_the_file(pytester, plain_host):
-    pytester.makeini("[pytest]\nharness = maybe\n")
+@pytest.mark.parametrize("ini", ["harness = maybe", "harness = true\npool_torch_tests = maybe"])
+def test_a_bad_ini_switch_is_one_usage_error_line_naming_the_key_and_the_file(pytester, plain_host, ini):
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    key = ini.splitlines()[-1].split(" =")[0]
     assert _one_line_usage_error(_collect(pytester)) == (
-        f"ERROR: ini key harness in {pytester.path / 'tox.ini'}: invalid truth value 'maybe'; use true or false"
+        f"ERROR: ini key {key} in {pytester.path / 'tox.ini'}: invalid truth value 'maybe'; use true or false"
     )
 
 

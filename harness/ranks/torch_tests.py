@@ -1,0 +1,258 @@
+"""torch's MultiProcessTestCase family on the warm rank pools (opt-in: `pool_torch_tests`).
+
+The pytest process plays torch's parent as torch's runner does: unittest runs
+`setUp`, the test method and `tearDown` here, `world_size` comes from the
+instance and the wait from the class's timeout. Only the two places where the
+parent starts and joins processes change: `_spawn_processes` hands torch's own
+`_start_processes` a process class that sends the rank's entry point (`_run`
+and its arguments) to a pool instead of spawning, and `_join_processes` waits
+on the pool, then gives torch's `_check_return_codes` the exit codes and piped
+tracebacks the ranks reported. So skips by exit code, `SkipTest` in a rank,
+errors from ranks and `skip_return_code_checks` mean what they mean in torch.
+
+A class the pools cannot host runs through torch's own spawn path, and the
+run's summary counts it with the reason (`fallback_reason`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import unittest
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from harness import devices, tiers
+from harness.options import Options
+from harness.ranks import display
+from harness.ranks.pool import PoolKey, PoolRegistry, RankPool, RunResult
+from harness.ranks.results import FAILED
+from harness.ranks.torch_call import TorchCall
+from harness.reporting import POOLED, TORCH_POOL
+
+COMMON = "torch.testing._internal.common_distributed"
+# Every rank of a torch test imports it (a second or more of CPU): the forkserver does, once.
+PRELOAD = (COMMON,)
+# torch's parent-side methods this runner replaces or relies on; a class overriding one runs unpooled.
+_PARENT_METHODS = ("_spawn_processes", "_start_processes", "_join_processes", "_check_return_codes")
+
+
+def torch_case(cls: object) -> bool:
+    """Whether `cls` is one of torch's multi-process test classes (only looked up once torch's module is loaded)."""
+    common = sys.modules.get(COMMON)
+    bases = tuple(
+        getattr(common, n) for n in ("MultiProcessTestCase", "MultiProcContinuousTest") if hasattr(common, n)
+    )
+    return isinstance(cls, type) and bool(bases) and issubclass(cls, bases)
+
+
+def fallback_reason(cls: type) -> str | None:
+    """Why this class's tests run through torch's own spawn path; None when the pools host them."""
+    common = sys.modules[COMMON]
+    continuous = getattr(common, "MultiProcContinuousTest", None)
+    if continuous is not None and issubclass(cls, continuous):
+        return "MultiProcContinuousTest keeps one set of ranks for the whole class"
+    for name in _PARENT_METHODS:
+        if getattr(cls, name) is not getattr(common.MultiProcessTestCase, name):
+            return f"the class overrides torch's {name}"
+    if "torch.cuda" in sys.modules and sys.modules["torch"].cuda.is_initialized():
+        return "CUDA is initialised in the pytest process"
+    return None
+
+
+class _PooledRank:
+    """Stands in for the spawned process torch's `_start_processes` makes for one rank."""
+
+    def __init__(
+        self, pool: RankPool, target: Callable[..., None], name: str, args: tuple, kwargs: dict
+    ) -> None:
+        self.target, self.name, self.args, self.kwargs = target, name, args, kwargs
+        self.pid = pool.pids[args[0]]
+        self.exitcode: int | None = None
+
+    def start(self) -> None:
+        """The pool starts every rank at once, when torch has made them all."""
+
+    def terminate(self) -> None:
+        """The pool ends ranks; torch's tearDown terminates what it started."""
+
+    kill = terminate
+
+    def join(self, timeout: float | None = None) -> None:
+        """Finished by the time torch's checks run."""
+
+    def is_alive(self) -> bool:
+        return False
+
+
+class PooledCase:
+    """One torch test on a pool: torch's setUp starts its ranks there, its test method joins them."""
+
+    def __init__(self, item: pytest.Item, instance: Any, registry: PoolRegistry, options: Options) -> None:
+        self.item, self.instance, self.registry, self.options = item, instance, registry, options
+        self.ranks: list[_PooledRank] = []
+        self.pool: RankPool | None = None
+        self.key: PoolKey | None = None
+        self.lease = contextlib.ExitStack()
+        self.started = 0.0
+        self.released = False
+
+    def install(self) -> None:
+        """Take over the two parent-side steps on this instance only."""
+        self.instance._spawn_processes = self.spawn
+        self.instance._fork_processes = self.fork
+        self.instance._join_processes = self.join
+
+    def _fall_back(self, reason: str) -> None:
+        _mark(self.item, reason)
+        for name in ("_spawn_processes", "_fork_processes", "_join_processes"):
+            vars(self.instance).pop(name, None)
+
+    def fork(self) -> None:
+        self._fall_back("the class starts its ranks by fork")
+        self.instance._fork_processes()
+
+    def spawn(self) -> None:
+        reason = fallback_reason(type(self.instance))
+        if reason is not None:
+            self._fall_back(reason)
+            self.instance._spawn_processes()
+            return
+        world_size = int(self.instance.world_size)
+        self.key = self._pool_key(world_size)
+        pool = self.pool = self.registry.get(self.key)
+        try:
+            pool.wait_ready()
+            self.instance._start_processes(self._make_rank)
+            first = self.ranks[0]
+            call = TorchCall(
+                nodeid=self.item.nodeid,
+                module=type(self.instance).__module__,
+                path=sys.modules[type(self.instance).__module__].__file__ or "",
+                cls=type(self.instance).__qualname__,
+                entry=first.target.__name__,
+                args=tuple(first.args[1:-1]),
+                kwargs=first.kwargs,
+                sys_path=tuple(sys.path),
+                environ=dict(os.environ),
+                seed=self.options.seed,
+            )
+            pool.send(call)
+        except BaseException:
+            self._release(broken=True)
+            raise
+        self.started = time.time()
+        _mark(self.item, POOLED)
+
+    def _make_rank(self, target: Callable[..., None], name: str, args: tuple, kwargs: dict) -> _PooledRank:
+        assert self.pool is not None
+        rank = _PooledRank(self.pool, target, name, args, kwargs)
+        self.ranks.append(rank)
+        return rank
+
+    def _pool_key(self, world_size: int) -> PoolKey:
+        """CPU ranks, or `world_size` leased GPUs when the run selected a GPU tier this host can run."""
+        name = "cpu"
+        selected = self.options.selected or []
+        for tier in ("multigpu", "gpu"):
+            spec = tiers.TIERS[tier]
+            if tier in selected and not tiers.unsupported_reason(tier) and spec.min_gpus <= world_size:
+                name = tier
+                break
+        ids: tuple[str, ...] = ()
+        if tiers.TIERS[name].min_gpus:
+            ids = tuple(self.lease.enter_context(devices.lease(world_size, holder=self.item.nodeid)))
+        self.item.user_properties.append(("harness_tier", name))
+        return PoolKey(world_size, name, tiers.backend_for(name), ids, group=False)
+
+    def join(self, fn: Callable[[], None]) -> None:
+        """Wait for the ranks, show their output, and let torch's own checks decide the outcome."""
+        __tracebackhide__ = True
+        assert self.pool is not None
+        common = sys.modules[COMMON]
+        streaming = self.item.config.getoption("capture") == "no"
+        try:
+            result = self.pool.finish(
+                display.echo if streaming else None,
+                timeout_s=float(common.get_timeout(self.instance.id())),
+                timeout_source="torch's timeout for this test",
+            )
+        except BaseException:
+            self._release(broken=True)
+            raise
+        self._release(broken=False)
+        self._hand_over(result)
+        display.show(self.item, result)
+        try:
+            self.instance._check_return_codes(fn, time.time() - self.started)
+        except unittest.SkipTest:
+            raise
+        except BaseException as error:
+            if result.verdict.outcome == FAILED:
+                error.add_note(f"harness, every rank's view:\n{result.verdict.message}")
+            raise
+        finally:
+            for pipe in self.instance.pid_to_pipe.values():
+                pipe.close()
+
+    def _hand_over(self, result: RunResult) -> None:
+        """Each rank's exit code onto its stand-in, and what it piped onto torch's pipe to it."""
+        for rank, report in zip(self.ranks, result.reports, strict=True):
+            rank.exitcode = report.exit_code
+            child_end = rank.args[-1]
+            messages = report.piped or ([""] if report.exit_code == common_error_code() else [])
+            for message in messages:
+                child_end.send(message)
+            child_end.close()
+
+    def _release(self, broken: bool) -> None:
+        self.released = True
+        if self.pool is not None and self.key is not None:
+            self.pool.broken = self.pool.broken or broken
+            self.registry.release(self.key, self.pool)
+        self.lease.close()
+
+    def abandon(self) -> None:
+        """setUp started ranks but the test method never joined them (setUp failed after, or a skip)."""
+        if self.pool is not None and not self.released:
+            self._release(broken=True)
+
+
+def common_error_code() -> int:
+    return sys.modules[COMMON].MultiProcessTestCase.TEST_ERROR_EXIT_CODE
+
+
+def _mark(item: pytest.Item, how: str) -> None:
+    item.user_properties[:] = [p for p in item.user_properties if p[0] != TORCH_POOL]
+    item.user_properties.append((TORCH_POOL, how))
+
+
+class TorchTestHooks:
+    """Registered by the rank hooks when `pool_torch_tests` is on."""
+
+    def __init__(self, registry: PoolRegistry, options: Options) -> None:
+        self.registry = registry
+        self.options = options
+        self.cases: dict[str, PooledCase] = {}
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> None:
+        instance = getattr(item, "instance", None)
+        if not isinstance(instance, unittest.TestCase) or not torch_case(type(instance)):
+            return
+        reason = fallback_reason(type(instance))
+        if reason is not None:
+            _mark(item, reason)
+            return
+        case = PooledCase(item, instance, self.registry, self.options)
+        case.install()
+        self.cases[item.nodeid] = case
+
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
+        case = self.cases.pop(item.nodeid, None)
+        if case is not None:
+            case.abandon()

@@ -1,0 +1,146 @@
+"""torch's MultiProcessTestCase family on the rank pools (`--pool-torch-tests`): torch's outcomes
+(its exit codes, SkipTest in a rank, errors piped to the parent), faults reported with every
+rank's stack, and a class the pools cannot host run on torch's own spawn path, counted."""
+
+from __future__ import annotations
+
+import pytest
+from torch.testing._internal.common_distributed import MultiProcessTestCase
+
+from harness.ranks.torch_tests import fallback_reason
+
+# A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
+pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
+
+CASES = """
+import os, time, unittest
+import pytest
+import torch
+import torch.distributed as dist
+from torch.testing._internal.common_distributed import (
+    TIMEOUT_OVERRIDE, MultiProcContinuousTest, MultiProcessTestCase, skip_if_lt_x_gpu,
+)
+from torch.testing._internal.common_utils import find_free_port
+
+TIMEOUT_OVERRIDE["test_g_hangs"] = 3
+
+
+class TwoRanks(MultiProcessTestCase):
+    @property
+    def world_size(self):
+        return 2
+
+    def setUp(self):
+        super().setUp()
+        os.environ["MASTER_ADDR"] = "127.0.0.1"
+        os.environ["MASTER_PORT"] = str(find_free_port())
+        self._spawn_processes()
+
+    def all_reduce_ranks(self):
+        total = torch.tensor([float(self.rank + 1)])
+        dist.all_reduce(total)
+        return total.item()
+
+    def test_a_passes_with_a_file_group(self):
+        dist.init_process_group("gloo", init_method=f"file://{{self.file_name}}", rank=self.rank, world_size=2)
+        self.assertEqual(self.all_reduce_ranks(), 3.0)
+
+    def test_b_passes_with_an_env_group(self):
+        dist.init_process_group("gloo", init_method="env://", rank=self.rank, world_size=2)
+        self.assertEqual(self.all_reduce_ranks(), 3.0)
+        dist.destroy_process_group()
+
+    def test_c_fails_on_rank_1(self):
+        if self.rank == 1:
+            raise ValueError("rank 1 disagrees")
+
+    @skip_if_lt_x_gpu(2)
+    def test_d_skips_by_exit_code(self):
+        pass
+
+    def test_e_skips_by_skiptest(self):
+        raise unittest.SkipTest("not in a rank")
+
+    def test_f_crashes(self):
+        if self.rank == 1:
+            os._exit(3)
+        time.sleep(30)
+
+    def test_g_hangs(self):
+        if self.rank == 0:
+            time.sleep(30)
+
+    def test_h_passes_after_the_faults(self):
+        self.assertIsNone(dist.distributed_c10d.GroupMember.WORLD)
+
+
+class Continuous(MultiProcContinuousTest):
+    world_size = 2
+
+    @classmethod
+    def backend_str(cls):
+        return "gloo"
+
+    def test_all_reduce(self):
+        total = torch.tensor([float(self.rank + 1)])
+        dist.all_reduce(total)
+        self.assertEqual(total.item(), 3.0)
+
+    def test_fails_on_rank_0(self):
+        self.assertEqual(self.rank, 1)
+
+
+@pytest.mark.world_size(2)
+async def test_async_body_fails():
+    raise AssertionError("never runs")
+"""
+
+
+def test_torch_classes_run_pooled_with_torchs_outcomes(pytester):
+    pytester.makepyfile(test_torch_cases=CASES.format())
+    result = pytester.runpytest(
+        "--tier", "cpu", "--pool-torch-tests", "-p", "no:cacheprovider", "-rA", "--dist-timeout", "20"
+    )
+    out = result.stdout.str()
+    result.assert_outcomes(passed=4, failed=5, skipped=2)
+    for line in [
+        "PASSED *::TwoRanks::test_a_passes_with_a_file_group",
+        "PASSED *::TwoRanks::test_b_passes_with_an_env_group",
+        "PASSED *::TwoRanks::test_h_passes_after_the_faults",
+        "PASSED *::Continuous::test_all_reduce",
+        "FAILED *::Continuous::test_fails_on_rank_0*",
+        "SKIPPED * Need at least 2 CUDA devices",
+        "SKIPPED * Test skipped at subprocess level*",
+        "FAILED *::TwoRanks::test_c_fails_on_rank_1 - RuntimeError*",
+        "FAILED *::TwoRanks::test_f_crashes - RuntimeError*",
+        "FAILED *::TwoRanks::test_g_hangs - RuntimeError*",
+        "FAILED *::test_async_body_fails*",
+    ]:
+        result.stdout.fnmatch_lines([line])  # one at a time: the summary's order is pytest's
+    assert "an async def test cannot run in ranks" in out
+    assert "RuntimeError: Process 1 exited with error code 10 and exception:" in out, "torch's own check"
+    assert out.count("RuntimeError: Process 0 terminated or timed out") == 2, "torch's own check"
+    assert "ValueError: rank 1 disagrees" in out, "the failing rank's traceback reaches the report"
+    assert "rank 1 of 2 killed by" not in out and "rank 1 of 2 exited with code 3" in out, "the crash's cause"
+    assert "in test_g_hangs" in out, "a hung rank's Python stack is in the report"
+    assert "still running after 3s (torch's timeout for this test)" in out
+    assert (
+        "TORCH TESTS: 8 pooled, 2 on torch's own spawn path: "
+        "MultiProcContinuousTest keeps one set of ranks for the whole class (2)" in out
+    )
+
+
+class _OwnSpawn(MultiProcessTestCase):
+    def _spawn_processes(self):
+        """A class starting its ranks its own way."""
+
+
+class _OwnCheck(MultiProcessTestCase):
+    def _check_return_codes(self, fn, elapsed_time):
+        """A class judging its ranks its own way."""
+
+
+def test_classes_that_replace_torchs_start_or_join_are_not_pooled():
+    assert fallback_reason(MultiProcessTestCase) is None
+    assert fallback_reason(_OwnSpawn) == "the class overrides torch's _spawn_processes"
+    assert fallback_reason(_OwnCheck) == "the class overrides torch's _check_return_codes"
