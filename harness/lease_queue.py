@@ -30,6 +30,7 @@ from pathlib import Path
 # How much earlier than its arrival a request counts per GPU it needs.
 HEAD_START_PER_GPU_S = 0.5
 _QUEUE_DIR = "queue"
+_settle_next_s = 0.0
 _TURN_FILE = "queue.lock"
 
 
@@ -57,6 +58,14 @@ def turn(lock_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def settle_next_request(seconds: float) -> None:
+    """Make this process's next request wait `seconds` with its ticket filed before it may
+    be granted. A burst arriving together (xdist workers starting their first tests) is
+    then served in ticket order, not in the order the OS happened to run the workers."""
+    global _settle_next_s
+    _settle_next_s = seconds
+
+
 @contextlib.contextmanager
 def waiting(lock_dir: Path, count: int, home: str | None) -> Iterator[Ticket]:
     """A ticket in the queue for as long as the block runs (the caller waits in it)."""
@@ -70,6 +79,9 @@ def waiting(lock_dir: Path, count: int, home: str | None) -> Iterator[Ticket]:
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, json.dumps({"count": count, "home": home}).encode())
     try:
+        global _settle_next_s
+        settle, _settle_next_s = _settle_next_s, 0.0
+        time.sleep(settle)
         yield ticket
     finally:
         with contextlib.suppress(FileNotFoundError):

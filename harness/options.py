@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from harness import seeding, tiers
+from harness import gpu_schedule, seeding, tiers
 
 ENABLE_INI = "harness"
 QUARANTINE_INI = "harness_quarantine"
 DEFAULT_DIST_TIMEOUT_S = 120.0
+DEFAULT_DURATIONS = ".test_durations"
 MARKERS = {
     "tiers": "tiers(*names): run this test only in these tiers (cpu, gpu, multigpu)",
     "gpus": "gpus(count): devices a gpu/multigpu test leases (default 1 / world size)",
@@ -34,6 +35,8 @@ class Options:
     seed: int
     gpu_range: tuple[int, int] | None
     inventory: str | None
+    gpu_schedule: str  # gpu_schedule.NEED or XDIST
+    schedule_durations: str  # the durations file the GPU test order reads
 
 
 OPTIONS_KEY = pytest.StashKey[Options]()
@@ -74,6 +77,20 @@ def add_options(parser: pytest.Parser) -> None:
         default=None,
         metavar="LO-HI",
         help="run only GPU-tier tests that need between LO and HI GPUs (how CI sizes multi-GPU jobs)",
+    )
+    group.addoption(
+        "--gpu-schedule",
+        choices=gpu_schedule.SCHEDULES,
+        default=gpu_schedule.NEED,
+        help="under xdist with GPU tiers only: 'need' (default) starts the tests needing the most GPUs, "
+        "then the longest, first, whatever --dist says; 'xdist' leaves the order to --dist",
+    )
+    group.addoption(
+        "--schedule-durations",
+        default=DEFAULT_DURATIONS,
+        metavar="PATH",
+        help=f"recorded durations (JSON, as --record-durations writes) that order GPU tests, relative "
+        f"to the rootdir (default {DEFAULT_DURATIONS})",
     )
     group.addoption(
         "--record-durations",
@@ -134,4 +151,6 @@ def parse(config: pytest.Config) -> Options:
         config.getoption("--harness-seed"),
         parse_gpu_range(config.getoption("--gpu-range")),
         inventory,
+        config.getoption("--gpu-schedule"),
+        config.getoption("--schedule-durations"),
     )

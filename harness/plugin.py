@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from harness import devices, options, quarantine, reporting, seeding, summary, tiers
+from harness import devices, gpu_schedule, options, quarantine, reporting, seeding, summary, tiers
 from harness.ci import durations, inventory
 from harness.options import DEFAULT_DIST_TIMEOUT_S, ENABLE_INI, MARKERS, OPTIONS_KEY, QUARANTINE_INI, Options
 from harness.tiers import TIER_PARAM, tier_name
@@ -60,6 +60,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "harness-reporting",
     )
     register(summary.TierSummary(config, run_options.selected, listed), "harness-summary")
+    if gpu_schedule.active(config, run_options.gpu_schedule, run_options.selected):
+        register(
+            gpu_schedule.NeedFirst(config.rootpath / run_options.schedule_durations), "harness-gpu-schedule"
+        )
     if config.getoption("--record-durations") and worker is None:
         register(durations.Recorder(config.getoption("--record-durations")), "harness-durations")
 
