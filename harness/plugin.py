@@ -20,7 +20,17 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from harness import devices, gpu_schedule, options, quarantine, reporting, seeding, summary, tiers
+from harness import (
+    devices,
+    gpu_hygiene,
+    gpu_schedule,
+    options,
+    quarantine,
+    reporting,
+    seeding,
+    summary,
+    tiers,
+)
 from harness.ci import durations, inventory
 from harness.options import DEFAULT_DIST_TIMEOUT_S, ENABLE_INI, MARKERS, OPTIONS_KEY, QUARANTINE_INI, Options
 from harness.tiers import TIER_PARAM, tier_name
@@ -43,6 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
     worker = getattr(config, "workerinput", None)
     if worker is None:
         devices.record_visible_gpus()
+        gpu_hygiene.record_run()
     else:
         devices.pin_worker(worker["workerid"])
         share_cpu_threads(worker["workercount"])
@@ -181,4 +192,7 @@ def tier(request: pytest.FixtureRequest, _harness_tier: str) -> Iterator[TierEnv
     name = _harness_tier
     with tiers.lease(request.node, name) as leased, tiers.determinism(name):
         seeding.seed_all(request.config.stash[OPTIONS_KEY].seed)
-        yield tiers.tier_env(name, leased)
+        env = tiers.tier_env(name, leased)
+        in_process = env.is_cuda and request.node.get_closest_marker("world_size") is None
+        with gpu_hygiene.memory_left_warning(env.device.index if in_process else None, request.node.nodeid):
+            yield env
