@@ -105,7 +105,8 @@ def _command(pid: int) -> str:
 
 def memory_holders(device_id: str) -> list[Holder] | None:
     """Processes with memory on a device (a CUDA_VISIBLE_DEVICES entry: ordinal or UUID) per NVML;
-    None where NVML cannot tell (no pynvml, no driver)."""
+    None where NVML cannot tell (no pynvml, no driver). An ordinal is read as NVML's index,
+    which is CUDA's with CUDA_DEVICE_ORDER=PCI_BUS_ID; UUIDs are exact."""
     try:
         import pynvml
     except ImportError:
