@@ -75,7 +75,11 @@ class NeedFirst:
 
     @pytest.hookimpl(trylast=True)  # after every hook that deselects
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        items[:] = need_first(items, gpus_of, durations.load(self.durations_path))
+        try:
+            recorded = durations.load(self.durations_path)
+        except ValueError as error:
+            raise pytest.UsageError(f"--schedule-durations: {error}") from None
+        items[:] = need_first(items, gpus_of, recorded)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> NeedFirstScheduling:
