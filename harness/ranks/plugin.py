@@ -49,12 +49,22 @@ def _sizes(value: object, where: str) -> list[int]:
     return sizes
 
 
+# Live pools one host keeps at most, split between its xdist workers: idle ranks hold about
+# 200 MB each, and 8 workers keeping 4 pools of up to 8 ranks filled a 24 GB host.
+POOLS_PER_HOST = 4
+
+
+def pools_per_process(workers: int) -> int:
+    return max(1, POOLS_PER_HOST // max(1, workers))
+
+
 class RankHooks:
     """Runs world_size tests in pooled ranks; one registry of pools per pytest process."""
 
     def __init__(self, config: pytest.Config, dist_timeout_s: float) -> None:
         self.config = config
-        self.registry = PoolRegistry(timeout_s=dist_timeout_s)
+        workers = getattr(config, "workerinput", {}).get("workercount", 1)
+        self.registry = PoolRegistry(timeout_s=dist_timeout_s, max_pools=pools_per_process(workers))
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         self.registry.close_all()
