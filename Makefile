@@ -32,7 +32,7 @@ PYTEST := $(RUN) -m pytest $(PLUGIN)
 XDIST  := -n $(WORKERS) --dist worksteal
 
 .DEFAULT_GOAL := help
-.PHONY: help setup provision test test-cpu test-gpu durations matrix lint report bench bench-xdist bench-ranks bench-torch-suites bench-budget bench-ac mutate clean
+.PHONY: help setup provision test test-cpu test-gpu durations matrix lint report bench bench-xdist bench-ranks bench-torch-suites bench-budget bench-ac bench-sched mutate clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -77,7 +77,7 @@ lint: setup ## ruff, workflow schema + zizmor security audit, hadolint on every 
 report: setup ## every AC mode on the reference models: tables on stdout, reports/ac-report.{json,png}
 	$(RUN) -m ackit report
 
-bench: bench-xdist bench-ranks bench-torch-suites bench-budget bench-ac ## run every benchmark (figures go into bench/README.md by hand)
+bench: bench-xdist bench-ranks bench-torch-suites bench-budget bench-ac bench-sched ## run every benchmark (figures go into bench/README.md by hand)
 
 bench-xdist: setup ## CPU tier wall time, -n 2 against -n 0, side by side
 	$(RUN) bench/xdist_speedup.py --workers 2 --repeats 2
@@ -91,6 +91,9 @@ bench-torch-suites: setup ## torch's shipped distributed suite (gloo, 2 and 3 ra
 
 bench-budget: setup ## memory_budget mode: profiling cost per block, solver time, gap to the optimum
 	$(RUN) bench/budget_bench.py
+
+bench-sched: setup ## GPU test scheduling on 8 fake GPUs, this checkout vs main: busy share, makespan / bound, large-test waits
+	$(RUN) bench/gpu_sched_bench.py
 
 bench-ac: setup ## every AC mode eager, traced eager (aot_eager) and inductor in one timing: step time with spread vs none, bytes, bitwise grads; gradients with dropout
 	$(RUN) bench/ac_bench.py --compiled

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness import safe_paths
+from harness import lease_queue, safe_paths
 
 FAKE_GPUS_ENV = "HARNESS_FAKE_GPUS"
 PHYSICAL_GPUS_ENV = "HARNESS_PHYSICAL_GPUS"  # the caller's visible list, before pinning
@@ -34,6 +34,8 @@ MAX_HOST_GPUS = 16
 # The longest any harness wait may be (7 days): beyond it, timeouts overflow C timers.
 MAX_WAIT_S = 7 * 24 * 3600.0
 _NVIDIA_DRIVER_GPUS = Path("/proc/driver/nvidia/gpus")
+# The longest a waiting lease sleeps between looks: a device idles at most this long.
+_MAX_POLL_S = 0.1
 
 
 class LeaseTimeout(RuntimeError):
@@ -174,6 +176,12 @@ def _unlock(fd: int) -> None:
     os.close(fd)
 
 
+def _home(count: int, gpus: list[str]) -> str | None:
+    """The device a one-GPU lease is bound to: the worker's own (its CUDA_VISIBLE_DEVICES)."""
+    home = os.environ.get(HOME_GPU_ENV)
+    return home if count == 1 and home in gpus else None
+
+
 def _candidates(count: int, gpus: list[str]) -> list[str]:
     """Search order: a one-device lease waits for the worker's home device."""
     home = os.environ.get(HOME_GPU_ENV)
@@ -184,43 +192,56 @@ def _candidates(count: int, gpus: list[str]) -> list[str]:
     return gpus
 
 
+def _take(mine: lease_queue.Ticket, gpus: list[str], lock_dir: Path) -> dict[str, int] | None:
+    """Lock what `mine` is granted now, all or nothing (call under `lease_queue.turn`)."""
+    probed = {device: fd for device in gpus if (fd := _try_lock(lock_dir / f"gpu-{device}.lock")) is not None}
+    granted = lease_queue.grant(
+        mine, list(probed), _candidates(mine.count, gpus), lease_queue.ahead_of(lock_dir, mine)
+    )
+    for device, fd in probed.items():
+        if granted is None or device not in granted:
+            _unlock(fd)
+    return None if granted is None else {device: probed[device] for device in granted}
+
+
+def _acquire(count: int, holder: str, gpus: list[str], lock_dir: Path, timeout: float) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    with lease_queue.waiting(lock_dir, count, _home(count, gpus)) as mine:
+        while True:
+            with lease_queue.turn(lock_dir):
+                held = _take(mine, gpus, lock_dir)
+            if held is not None:
+                return held
+            if time.monotonic() > deadline:
+                raise LeaseTimeout(
+                    f"{holder} waited {timeout:.0f}s for {count} free GPU(s) of {gpus} in {lock_dir}"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_POLL_S)
+
+
 @contextlib.contextmanager
 def lease(count: int, holder: str, timeout: float | None = None) -> Iterator[list[str]]:
     """Hold `count` disjoint devices for the duration of the block.
 
-    All-or-nothing: a partial set is released before waiting again, so two
-    multi-GPU tests can never deadlock holding halves of what each needs.
+    All-or-nothing: only a request whose whole set is free and not held for an
+    earlier one (`lease_queue`) locks anything, so two multi-GPU tests can never
+    deadlock holding halves of what each needs. The locks are released on every
+    path, a lease log that cannot be written included.
     """
     gpus = visible_gpus()
     if count > len(gpus):
         raise LeaseTimeout(f"{holder} needs {count} GPU(s); only {len(gpus)} are visible: {gpus}")
     timeout = lease_timeout() if timeout is None else timeout
-    lock_dir = lease_dir()
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        held: dict[str, int] = {}
-        for device in _candidates(count, gpus):
-            fd = _try_lock(lock_dir / f"gpu-{device}.lock")
-            if fd is not None:
-                held[device] = fd
-                if len(held) == count:
-                    break
-        if len(held) == count:
-            break
-        for fd in held.values():
-            _unlock(fd)
-        if time.monotonic() > deadline:
-            raise LeaseTimeout(
-                f"{holder} waited {timeout:.0f}s for {count} free GPU(s) of {gpus} in {lock_dir}"
-            )
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
+    held = _acquire(count, holder, gpus, lease_dir(), timeout)
     devices = sorted(held, key=gpus.index)
-    _log("acquire", devices, holder)
     try:
+        _log("acquire", devices, holder)
         yield devices
     finally:
-        _log("release", devices, holder)
-        for fd in held.values():
-            _unlock(fd)
+        try:
+            _log("release", devices, holder)
+        finally:
+            for fd in held.values():
+                _unlock(fd)

@@ -61,12 +61,12 @@ class TierEnv:
 
     def cuda_activation_bytes(self, step: measure.Step) -> int:
         __tracebackhide__ = True
-        self._require_cuda("cuda_activation_bytes")
+        self.require_cuda("cuda_activation_bytes")
         return measure.cuda_activation_bytes(step)
 
     def cuda_peak_bytes(self, step: measure.Step) -> int:
         __tracebackhide__ = True
-        self._require_cuda("cuda_peak_bytes")
+        self.require_cuda("cuda_peak_bytes")
         return measure.cuda_peak_bytes(step)
 
     def assert_grads_match(
@@ -75,7 +75,12 @@ class TierEnv:
         rtol, atol = self.tolerances(dtype)
         measure.assert_grads_match(expected, actual, rtol=rtol, atol=atol)
 
-    def _require_cuda(self, what: str) -> None:
+    def require_cuda(self, what: str) -> None:
+        """The one rule for tests that need real CUDA: skip under fake GPUs, refuse in the cpu tier.
+
+        The `cuda_*` measures call it; a test that needs CUDA some other way (a CUDA
+        report, a CUDA-only kernel) calls it first, naming what needs CUDA.
+        """
         __tracebackhide__ = True  # a skip names the test's line
         if self.is_cuda:
             return

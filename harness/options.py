@@ -11,12 +11,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from harness import devices, seeding, tiers, validation
+from harness import devices, gpu_schedule, seeding, tiers, validation
 
 ENABLE_INI = "harness"
 QUARANTINE_INI = "harness_quarantine"
 POOL_TORCH_INI = "pool_torch_tests"
 DEFAULT_DIST_TIMEOUT_S = 120.0
+DEFAULT_DURATIONS = ".test_durations"
 MARKERS = {
     "tiers": "tiers(*names): run this test only in these tiers (cpu, gpu, multigpu)",
     "gpus": "gpus(count): devices a gpu/multigpu test leases (default 1 / world size)",
@@ -35,6 +36,8 @@ class Options:
     seed: int
     gpu_range: tuple[int, int] | None
     inventory: str | None
+    gpu_schedule: str  # gpu_schedule.NEED or XDIST
+    schedule_durations: str  # the durations file the GPU test order reads
     pool_torch_tests: bool = False  # torch's MultiProcessTestCase tests run on the rank pools
 
 
@@ -89,6 +92,20 @@ def add_options(parser: pytest.Parser) -> None:
         default=None,
         metavar="LO-HI",
         help="run only GPU-tier tests that need between LO and HI GPUs (how CI sizes multi-GPU jobs)",
+    )
+    group.addoption(
+        "--gpu-schedule",
+        choices=gpu_schedule.SCHEDULES,
+        default=gpu_schedule.NEED,
+        help="under xdist with GPU tiers only: 'need' (default) starts the tests needing the most GPUs, "
+        "then the longest, first, whatever --dist says; 'xdist' leaves the order to --dist",
+    )
+    group.addoption(
+        "--schedule-durations",
+        default=DEFAULT_DURATIONS,
+        metavar="PATH",
+        help=f"recorded durations (JSON, as --record-durations writes) that order GPU tests, relative "
+        f"to the rootdir (default {DEFAULT_DURATIONS})",
     )
     group.addoption(
         "--record-durations",
@@ -166,5 +183,7 @@ def parse(config: pytest.Config) -> Options:
         seed,
         parse_gpu_range(config.getoption("--gpu-range")),
         inventory,
+        config.getoption("--gpu-schedule"),
+        config.getoption("--schedule-durations"),
         config.getoption("--pool-torch-tests") or ini_bool(config, POOL_TORCH_INI),
     )

@@ -20,7 +20,19 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from harness import devices, markers, options, quarantine, reporting, seeding, summary, tiers, validation
+from harness import (
+    devices,
+    gpu_hygiene,
+    gpu_schedule,
+    markers,
+    options,
+    quarantine,
+    reporting,
+    seeding,
+    summary,
+    tiers,
+    validation,
+)
 from harness.ci import durations, inventory
 from harness.options import DEFAULT_DIST_TIMEOUT_S, ENABLE_INI, MARKERS, OPTIONS_KEY, QUARANTINE_INI, Options
 from harness.tiers import TIER_PARAM, tier_name
@@ -45,6 +57,7 @@ def pytest_configure(config: pytest.Config) -> None:
     worker = getattr(config, "workerinput", None)
     if worker is None:
         devices.record_visible_gpus()
+        gpu_hygiene.record_run()
     else:
         devices.pin_worker(worker["workerid"])
         share_cpu_threads(worker["workercount"])
@@ -63,6 +76,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "harness-reporting",
     )
     register(summary.TierSummary(config, run_options.selected, listed), "harness-summary")
+    if gpu_schedule.active(config, run_options.gpu_schedule, run_options.selected):
+        register(
+            gpu_schedule.NeedFirst(config.rootpath / run_options.schedule_durations), "harness-gpu-schedule"
+        )
     if config.getoption("--record-durations") and worker is None:
         register(durations.Recorder(config.getoption("--record-durations")), "harness-durations")
 
@@ -182,4 +199,7 @@ def tier(request: pytest.FixtureRequest, _harness_tier: str) -> Iterator[TierEnv
     name = _harness_tier
     with tiers.lease(request.node, name) as leased, tiers.determinism(name):
         seeding.seed_all(request.config.stash[OPTIONS_KEY].seed)
-        yield tiers.tier_env(name, leased)
+        env = tiers.tier_env(name, leased)
+        in_process = env.is_cuda and request.node.get_closest_marker("world_size") is None
+        with gpu_hygiene.memory_left_warning(env.device.index if in_process else None, request.node.nodeid):
+            yield env

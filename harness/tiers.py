@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from harness import devices, markers
+from harness import devices, gpu_hygiene, markers
 
 if TYPE_CHECKING:
     from harness.env import TierEnv
@@ -183,6 +183,7 @@ def lease(item: pytest.Item, name: str) -> Iterator[tuple[str, ...]]:
         yield held or ()
         return
     with devices.lease(gpus_needed(item, name), holder=item.nodeid) as leased:
+        gpu_hygiene.wait_until_clean(tuple(leased), item.nodeid)
         item.stash[LEASE_KEY] = item.stash[LAST_LEASE_KEY] = tuple(leased)
         try:
             yield tuple(leased)

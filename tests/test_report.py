@@ -173,6 +173,7 @@ def test_missing_matplotlib_is_named_before_measuring(tmp_path, monkeypatch):
 @pytest.mark.tiers("gpu")
 def test_cuda_report_compares_gradients_under_deterministic_algorithms(tier, tmp_path):
     """Without deterministic algorithms two no-AC runs on CUDA differ (index_add, embedding backward)."""
+    tier.require_cuda("the CUDA report")
     assert main(["report", "--models", "toy", "--device", "cuda", "--no-plot", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "ac-report.json").read_text())
     assert "use_deterministic_algorithms(True)" in data["grads_compared"]

@@ -23,6 +23,15 @@ from harness.tiers import tier_name
 SKIP_LOCATION_KEY = pytest.StashKey[tuple[str, int]]()
 
 
+# Live pools one host keeps at most, split between its xdist workers: idle ranks hold about
+# 200 MB each, and 8 workers keeping 4 pools of up to 8 ranks filled a 24 GB host.
+POOLS_PER_HOST = 4
+
+
+def pools_per_process(workers: int) -> int:
+    return max(1, POOLS_PER_HOST // max(1, workers))
+
+
 class RankHooks:
     """Runs world_size tests in pooled ranks; one registry of pools per pytest process."""
 
@@ -30,7 +39,10 @@ class RankHooks:
         self.config = config
         options = config.stash[OPTIONS_KEY]
         preload = torch_tests.PRELOAD if options.pool_torch_tests else ()
-        self.registry = PoolRegistry(timeout_s=dist_timeout_s, preload=preload)
+        workers = getattr(config, "workerinput", {}).get("workercount", 1)
+        self.registry = PoolRegistry(
+            timeout_s=dist_timeout_s, max_pools=pools_per_process(workers), preload=preload
+        )
         if options.pool_torch_tests:
             config.pluginmanager.register(
                 torch_tests.TorchTestHooks(self.registry, options), "harness-torch-tests"

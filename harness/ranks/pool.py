@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 
@@ -85,6 +86,17 @@ def rank_context(extra_preload: tuple[str, ...] = ()) -> BaseContext:
     context = torch.multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([*PRELOAD, *extra_preload])
     return context
+
+
+def _forkserver_running() -> bool:
+    return forkserver._forkserver._forkserver_pid is not None
+
+
+def stop_forkserver() -> None:
+    """End the forkserver and multiprocessing's resource tracker it started: both would
+    otherwise outlive pytest until they notice it is gone."""
+    forkserver._forkserver._stop()
+    resource_tracker._resource_tracker._stop()
 
 
 @contextlib.contextmanager
@@ -362,6 +374,9 @@ class PoolRegistry:
         self.preload = preload  # modules every rank imports anyway, loaded once in the forkserver
         self.pools: OrderedDict[PoolKey, RankPool] = OrderedDict()
         self._context: BaseContext | None = None
+        # Stopped at the end only by the registry it was started for (an in-process inner
+        # pytest run, as pytester's, leaves the outer session's forkserver alone).
+        self._owns_forkserver = not _forkserver_running()
 
     def _new(self, key: PoolKey) -> RankPool:
         if self._context is None:
@@ -402,3 +417,5 @@ class PoolRegistry:
     def close_all(self) -> None:
         while self.pools:
             self.pools.popitem()[1].close()
+        if self._owns_forkserver and self._context is not None:
+            stop_forkserver()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import devices
+from harness import devices, lease_queue
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
@@ -115,6 +115,130 @@ def test_every_lease_is_logged_when_acquired_and_released(fake_host):
         ("release", ["fake0", "fake1"], "first"),
     ]
     assert [e["t"] for e in log] == sorted(e["t"] for e in log)
+
+
+def test_a_lease_log_that_cannot_be_written_releases_the_locks(fake_host, monkeypatch):
+    monkeypatch.setenv(devices.LEASE_LOG_ENV, str(fake_host))  # a directory: every write fails
+    with pytest.raises(IsADirectoryError), devices.lease(8, "unlogged"):
+        pass
+    monkeypatch.delenv(devices.LEASE_LOG_ENV)
+    with devices.lease(8, "next", timeout=0) as everything:
+        assert len(everything) == 8
+
+
+def _stream_leases(stop: threading.Event, count: int, hold_s: float) -> None:
+    while not stop.is_set():
+        with devices.lease(count, "small", timeout=10):
+            time.sleep(hold_s)
+
+
+def test_a_large_lease_is_not_starved_by_a_stream_of_small_ones(fake_host):
+    """Eight threads re-lease one GPU each the moment they release it: all eight are
+    never free at once by chance, so only held devices let the large lease in."""
+    stop = threading.Event()
+    streams = [threading.Thread(target=_stream_leases, args=(stop, 1, 0.05)) for _ in range(8)]
+    for stream in streams:
+        stream.start()
+    try:
+        time.sleep(0.3)
+        start = time.monotonic()
+        with devices.lease(8, "large", timeout=10) as everything:
+            waited = time.monotonic() - start
+    finally:
+        stop.set()
+        for stream in streams:
+            stream.join(15)
+    assert len(everything) == 8
+    assert waited < 8 * lease_queue.HEAD_START_PER_GPU_S + 1.0
+
+
+STREAMING_SESSION = """
+import sys, threading, time
+from harness import devices
+
+def stream():
+    while time.monotonic() < end:
+        with devices.lease(1, "other-session", timeout=10):
+            time.sleep(0.05)
+
+end = time.monotonic() + float(sys.argv[1])
+threads = [threading.Thread(target=stream) for _ in range(8)]
+for t in threads:
+    t.start()
+print("streaming", flush=True)
+for t in threads:
+    t.join()
+"""
+
+
+def test_a_two_gpu_lease_is_granted_while_another_session_streams_one_gpu_leases(fake_host):
+    other = subprocess.Popen(
+        [sys.executable, "-c", STREAMING_SESSION, "8"],
+        env={**os.environ, "PYTHONPATH": str(Path(devices.__file__).parents[1])},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout.readline().strip() == "streaming"
+        time.sleep(0.3)
+        start = time.monotonic()
+        with devices.lease(2, "this-session", timeout=7) as pair:
+            waited = time.monotonic() - start
+        assert len(pair) == 2
+        assert waited < 2 * lease_queue.HEAD_START_PER_GPU_S + 1.0
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_request_behind_a_waiting_one_takes_only_what_leaves_enough_for_it():
+    free = ["g0", "g1", "g2"]
+    waiting_pair = [lease_queue.Ticket(rank=0.0, count=2, home=None)]
+    one, two = lease_queue.Ticket(1.0, 1, None), lease_queue.Ticket(1.0, 2, None)
+    assert lease_queue.grant(one, free, free, waiting_pair) == ["g0"]
+    assert lease_queue.grant(two, free, free, waiting_pair) is None
+    assert lease_queue.grant(two, free, free, []) == ["g0", "g1"]
+
+
+def test_a_waiting_one_gpu_lease_holds_only_its_own_device():
+    free = ["g0", "g1"]
+    waiting_home = [lease_queue.Ticket(rank=0.0, count=1, home="g1")]
+    assert lease_queue.grant(lease_queue.Ticket(1.0, 1, "g1"), free, ["g1"], waiting_home) is None
+    assert lease_queue.grant(lease_queue.Ticket(1.0, 1, "g0"), free, ["g0"], waiting_home) == ["g0"]
+
+
+def test_a_large_burst_arriving_together_is_served_largest_first(fake_host):
+    """Tickets rank by arrival minus a head start per GPU: an 8-GPU request that arrives
+    a moment after a 1-GPU one is still ahead of it."""
+    lock_dir = fake_host / "locks"
+    lock_dir.mkdir()
+    with lease_queue.waiting(lock_dir, 1, None) as small, lease_queue.waiting(lock_dir, 8, None) as large:
+        assert lease_queue.ahead_of(lock_dir, small) == [large]
+        assert lease_queue.ahead_of(lock_dir, large) == []
+
+
+def test_a_ticket_whose_waiter_died_is_dropped(fake_host):
+    lock_dir = fake_host / "locks"
+    lock_dir.mkdir()
+    code = (
+        "import sys; from pathlib import Path; from harness import lease_queue; "
+        "held = lease_queue.waiting(Path(sys.argv[1]), 8, None); held.__enter__(); print('ok', flush=True); "
+        "import os; os._exit(0)"  # dies without cleaning up, as a killed process does
+    )
+    dead = subprocess.run(
+        [sys.executable, "-c", code, str(lock_dir)],
+        env={**os.environ, "PYTHONPATH": str(Path(devices.__file__).parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert dead.stdout.strip() == "ok", dead.stderr
+    assert (
+        len(list(lock_dir.glob(lease_queue.TICKET_PREFIX + "*"))) == 1
+    )  # left behind by the process that died
+    with lease_queue.waiting(lock_dir, 1, None) as mine:
+        assert lease_queue.ahead_of(lock_dir, mine) == []
+    assert list(lock_dir.glob(lease_queue.TICKET_PREFIX + "*")) == []
 
 
 def test_the_lease_timeout_comes_from_the_environment_and_the_error_names_the_wait(fake_host, monkeypatch):

@@ -267,12 +267,19 @@ def test_tests_that_need_real_cuda_skip_under_fake_gpus(pytester, fake_gpus):
         test_cuda="""
         def test_allocator(tier):
             tier.cuda_peak_bytes(lambda: None)
+
+        def test_cuda_report(tier):
+            tier.require_cuda("the CUDA report")
+            raise AssertionError("ran without CUDA")
         """
     )
     result = pytester.runpytest("--tier", "gpu", "-rs")
-    result.assert_outcomes(skipped=1)
+    result.assert_outcomes(skipped=2)
     result.stdout.fnmatch_lines(
-        ["*test_cuda.py:2: cuda_peak_bytes needs real CUDA; HARNESS_FAKE_GPUS runs tier 'gpu' on CPU*"]
+        [
+            "*test_cuda.py:2: cuda_peak_bytes needs real CUDA; HARNESS_FAKE_GPUS runs tier 'gpu' on CPU*",
+            "*test_cuda.py:5: the CUDA report needs real CUDA; HARNESS_FAKE_GPUS runs tier 'gpu' on CPU*",
+        ]
     )
 
 
