@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from harness import devices, gpu_schedule, seeding, tiers, validation
+from harness.ci import durations
 
 ENABLE_INI = "harness"
 QUARANTINE_INI = "harness_quarantine"
@@ -95,8 +96,8 @@ def add_options(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--gpu-schedule",
-        choices=gpu_schedule.SCHEDULES,
         default=gpu_schedule.NEED,
+        metavar="|".join(gpu_schedule.SCHEDULES),
         help="under xdist with GPU tiers only: 'need' (default) starts the tests needing the most GPUs, "
         "then the longest, first, whatever --dist says; 'xdist' leaves the order to --dist",
     )
@@ -177,13 +178,23 @@ def parse(config: pytest.Config) -> Options:
         path = config.getoption(option)
         if path and (problem := validation.output_file_problem(path)) is not None:
             raise pytest.UsageError(f"{option} {path!r}: {problem}")
+    schedule = config.getoption("--gpu-schedule")
+    if schedule not in gpu_schedule.SCHEDULES:
+        raise pytest.UsageError(f"--gpu-schedule {schedule!r}: choose from {list(gpu_schedule.SCHEDULES)}")
+    schedule_durations = config.getoption("--schedule-durations")
+    try:  # a file named on purpose must exist; the default may be missing (no order then)
+        durations.load(
+            config.rootpath / schedule_durations, must_exist=schedule_durations != DEFAULT_DURATIONS
+        )
+    except ValueError as error:
+        raise pytest.UsageError(f"--schedule-durations {schedule_durations!r}: {error}") from None
     return Options(
         selected,
         timeout,
         seed,
         parse_gpu_range(config.getoption("--gpu-range")),
         inventory,
-        config.getoption("--gpu-schedule"),
-        config.getoption("--schedule-durations"),
+        schedule,
+        schedule_durations,
         config.getoption("--pool-torch-tests") or ini_bool(config, POOL_TORCH_INI),
     )

@@ -9,7 +9,7 @@ import shlex
 
 import pytest
 
-from harness import devices, tiers
+from harness import devices, gpu_hygiene, tiers
 
 # Variables that change what a test computes or where it runs.
 CARRIED_PREFIXES = ("HARNESS_", "NCCL_", "TORCH_", "TORCHINDUCTOR_", "CUBLAS_", "CUDA_LAUNCH_BLOCKING")
@@ -20,6 +20,7 @@ _INTERNAL = (
     devices.HOME_GPU_ENV,
     devices.LEASE_LOG_ENV,
     devices.LEASE_DIR_ENV,
+    gpu_hygiene.RUN_PID_ENV,
     "TORCH_PIP_ARGS",
 )
 

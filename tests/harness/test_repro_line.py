@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from harness import devices, repro, seeding, tiers
+from harness import devices, gpu_hygiene, repro, seeding, tiers
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
@@ -39,6 +39,7 @@ def environ(monkeypatch):
         devices.HOME_GPU_ENV: "1",
         devices.LEASE_DIR_ENV: "/tmp/x",
         devices.LEASE_LOG_ENV: "/tmp/y",
+        gpu_hygiene.RUN_PID_ENV: "123",
         "TORCH_PIP_ARGS": "--index-url x",
         "UNRELATED": "not carried",
     }.items():

@@ -15,6 +15,11 @@ pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(120)]
 # option -> (bad arguments, the start of the one error line)
 BAD_OPTIONS = {
     "--tier": (["--tier", "tpu"], "ERROR: --tier 'tpu': unknown tier"),
+    "--gpu-schedule": (["--gpu-schedule", "fast"], "ERROR: --gpu-schedule 'fast': choose from"),
+    "--schedule-durations": (
+        ["--schedule-durations", "missing.json"],
+        "ERROR: --schedule-durations 'missing.json': durations file",
+    ),
     "--dist-timeout": (["--dist-timeout", "inf"], "ERROR: --dist-timeout inf: must be a number of seconds"),
     "--harness-seed": (
         ["--harness-seed", str(2**32)],
