@@ -95,41 +95,40 @@ def measure_compiled(
 ) -> tuple[dict[str, object], Grads]:
     """A compiled mode: saved bytes and gradients against compiled no AC's (`reference`;
     None: this is it), and its own first step's gradients."""
-    model, step, inputs = built.model, built.step, built.inputs
+    model, step = built.model, built.step
     apply_ac(model, config)
     measure.scalar_loss(step()).backward()
     grads = {name: None if g is None else g.clone() for name, g in measure.named_grads(model).items()}
-    figures: dict[str, object] = {
-        "forward_flops": None,
-        "backward_flops": None,
-        "recompute_pct": None,
-        "peak_bytes": None,
-        "compiled": True,
-        "grads_equal": reference is None or _grads_close(reference, grads),
-        "activation_bytes": measure.saved_activation_bytes(step, [*model.parameters(), *inputs]),
-    }
-    figures.update(_cuda_figures(built))
-    return figures, grads
+    return _graph_figures(built, grads_equal=reference is None or _grads_close(reference, grads)), grads
 
 
 def measure_traced(built: models.Built, config: ACConfig, plain_reference: nn.Module) -> dict[str, object]:
     """A traced-eager mode: saved bytes, and gradients bitwise against a plain eager no-AC step."""
-    model, step, inputs = built.model, built.step, built.inputs
+    model, step = built.model, built.step
     apply_ac(model, dataclasses.replace(config, compile=True, compile_backend=TRACED_BACKEND))
     measure.scalar_loss(step()).backward()
-    figures: dict[str, object] = {
+    return {
+        **_graph_figures(built, grads_equal=_grads_equal(plain_reference, model)),
+        "traced": True,
+        "plans": tuple(chosen.describe() for chosen in budget_plans(model)),
+    }
+
+
+def _graph_figures(built: models.Built, grads_equal: bool) -> dict[str, object]:
+    """A row whose blocks run as graphs: they refuse FlopCounterMode and MemTracker, so no
+    flops or peak; its memory is what autograd saves."""
+    return {
         "forward_flops": None,
         "backward_flops": None,
         "recompute_pct": None,
         "peak_bytes": None,
         "compiled": True,
-        "traced": True,
-        "grads_equal": _grads_equal(plain_reference, model),
-        "activation_bytes": measure.saved_activation_bytes(step, [*model.parameters(), *inputs]),
-        "plans": tuple(chosen.describe() for chosen in budget_plans(model)),
+        "grads_equal": grads_equal,
+        "activation_bytes": measure.saved_activation_bytes(
+            built.step, [*built.model.parameters(), *built.inputs]
+        ),
+        **_cuda_figures(built),
     }
-    figures.update(_cuda_figures(built))
-    return figures
 
 
 def plan_signature(model: nn.Module, blocks: str = "layers") -> tuple[object, ...]:

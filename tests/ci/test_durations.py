@@ -115,6 +115,12 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str]
     return code, capsys.readouterr().err.splitlines()
 
 
+def _merge(capsys, record, base, listed) -> tuple[int, list[str]]:
+    """merge-durations as CI calls it: the record over the base, in place, kept to the inventory."""
+    args = [str(record), "--base", str(base), "--out", str(base), "--inventory", str(listed)]
+    return _cli(capsys, "merge-durations", *args)
+
+
 @pytest.fixture
 def files(tmp_path):
     """A base file CI shards on, a good fresh record and an inventory naming both tests."""
@@ -157,17 +163,7 @@ def test_merge_durations_refuses_a_bad_input_in_one_line_and_leaves_the_output_a
         target.write_text(content)
     if bad == "base":
         before = content
-    code, err = _cli(
-        capsys,
-        "merge-durations",
-        str(record),
-        "--base",
-        str(base),
-        "--out",
-        str(base),
-        "--inventory",
-        str(listed),
-    )
+    code, err = _merge(capsys, record, base, listed)
     assert code == 2 and len(err) == 1 and err[0].startswith("python -m harness merge-durations: error: "), (
         err
     )
@@ -177,17 +173,7 @@ def test_merge_durations_refuses_a_bad_input_in_one_line_and_leaves_the_output_a
 
 def test_merge_durations_lays_a_good_record_over_the_base(files, capsys):
     base, record, listed = files
-    code, _ = _cli(
-        capsys,
-        "merge-durations",
-        str(record),
-        "--base",
-        str(base),
-        "--out",
-        str(base),
-        "--inventory",
-        str(listed),
-    )
+    code, _ = _merge(capsys, record, base, listed)
     assert code == 0 and durations.load(base) == {"t.py::a[cpu]": 3.0, "t.py::b[cpu]": 2.0}
 
 
