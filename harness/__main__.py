@@ -23,6 +23,12 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _gpu_count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a GPU count (0 or more)")
+    return int(text)
+
+
 def _gpus(_: argparse.Namespace) -> int:
     print(devices.gpu_count())
     return 0
@@ -107,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     ci.add_argument("paths", nargs="*", help="test paths to collect (default: the project's testpaths)")
     ci.set_defaults(run=_matrix)
     check = commands.add_parser("check-gpus", help="exit 1 unless at least COUNT GPUs are usable")
-    check.add_argument("count", type=int)
+    check.add_argument("count", type=_gpu_count)
     check.set_defaults(run=_check_gpus)
     commands.add_parser(
         "gpu-tiers", help="print the GPU tiers this host can run, for make test-gpu"

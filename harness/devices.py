@@ -157,7 +157,11 @@ def _log(event: str, devices: list[str], holder: str) -> None:
     if not log_path:
         return
     line = json.dumps({"t": time.time(), "event": event, "devices": devices, "holder": holder})
-    with open(log_path, "a") as log:
+    # Never through a link planted where the log should be (the path is often in /tmp).
+    fd = os.open(
+        log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, safe_paths.PRIVATE_FILE_MODE
+    )
+    with os.fdopen(fd, "a") as log:
         log.write(line + "\n")
 
 

@@ -214,3 +214,15 @@ def test_gpus_listed_in_the_environment_but_not_usable_by_torch_do_not_count(sho
         False,
         "this job needs 1 GPU(s) but only 0 are usable (visible: ['0', '1']; torch sees 0: [])",
     )
+
+
+@pytest.mark.parametrize("count", ["-1", "two", "1.5"])
+def test_check_gpus_refuses_a_count_that_is_not_one_in_one_line(capsys, count):
+    from harness import __main__ as harness_main
+    from harness import cli
+
+    with pytest.raises(SystemExit) as exit_:  # argparse's own exit for a bad argument
+        cli.run(harness_main.main, harness_main.PROG, ["check-gpus", count])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"{count!r} is not a GPU count" in err[0], err

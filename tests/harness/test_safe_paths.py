@@ -103,6 +103,22 @@ def test_a_planted_lock_link_is_not_followed(temp_root, monkeypatch):
     assert not chosen.exists()
 
 
+def test_a_lease_log_planted_as_a_link_is_not_followed_and_the_lease_is_released(temp_root, monkeypatch):
+    monkeypatch.setenv(devices.FAKE_GPUS_ENV, "1")
+    monkeypatch.delenv(devices.PHYSICAL_GPUS_ENV, raising=False)
+    victim = temp_root / "victim"
+    victim.write_text("precious\n")
+    log = temp_root / "lease.log"
+    log.symlink_to(victim)
+    monkeypatch.setenv(devices.LEASE_LOG_ENV, str(log))
+    with pytest.raises(OSError), devices.lease(1, "t", timeout=0.1):
+        pass
+    assert victim.read_text() == "precious\n"
+    monkeypatch.delenv(devices.LEASE_LOG_ENV)
+    with devices.lease(1, "t", timeout=0.1) as held:  # the failed log left no lock behind
+        assert held == ["fake0"]
+
+
 def test_a_lock_file_others_could_read_is_made_private_so_no_one_else_can_pin_it(temp_root, monkeypatch):
     """flock works through a read-only descriptor: a readable lock file is a lease anyone can hold."""
     monkeypatch.setenv(devices.FAKE_GPUS_ENV, "1")
