@@ -66,7 +66,7 @@ durations: setup ## refresh .test_durations (what CI shards on when it has no fr
 matrix: setup ## print the CI job matrix from the collected tests (MATRIX_ARGS='--check' to check it)
 	$(RUN) -m harness matrix $(MATRIX_ARGS)
 
-lint: setup ## ruff, workflow schema + zizmor security audit, hadolint on every Dockerfile
+lint: setup ## ruff, workflow schema + zizmor security audit, hadolint on every Dockerfile, shellcheck on every script
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
@@ -99,7 +99,7 @@ bench-ac: setup ## every AC mode eager, traced eager (aot_eager) and inductor in
 	$(RUN) bench/ac_bench.py --compiled
 	$(RUN) bench/random_ops_bench.py
 
-mutate: setup ## mutation testing (mutmut) of ac/ and the in-process harness (MUTANTS= for a part): score, survivors
+mutate: setup ## mutation testing (mutmut) of ac/, ackit/ and the in-process harness (MUTANTS= for a part): score, survivors
 	set -f; $(RUN) -m mutmut run $(MUTANTS)
 	set -f; $(RUN) bench/mutation_score.py --select $(MUTANTS)
 
