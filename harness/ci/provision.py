@@ -35,6 +35,7 @@ SERVES = {
     "pytest-split": "CI shards (--splits)",
     "pytest-rerunfailures": "reruns and the flaky report (--reruns)",
     "pyyaml": "the CI workflow tests (cpu tier only)",
+    "nvidia-ml-py": "GPU hygiene: the check that leased GPUs hold no foreign memory",
 }
 
 
