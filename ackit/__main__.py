@@ -19,8 +19,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; bad arguments exit 2 (argparse), bad values raise ValueError."""
-    args = _parser().parse_args(argv)
-    return args.run(args)
+    return cli.dispatch(_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,12 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse `argv` and run the subcommand it names (each sets `run` as its default)."""
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
 def run(main: Callable[[list[str] | None], int], prog: str, argv: list[str] | None = None) -> int:
     """`main` for a shell: a ValueError or an OSError (a path that is a folder, a file it
     cannot write) becomes one line on stderr and exit code 2."""

@@ -182,12 +182,11 @@ def parse(config: pytest.Config) -> Options:
     if schedule not in gpu_schedule.SCHEDULES:
         raise pytest.UsageError(f"--gpu-schedule {schedule!r}: choose from {list(gpu_schedule.SCHEDULES)}")
     schedule_durations = config.getoption("--schedule-durations")
-    try:  # a file named on purpose must exist; the default may be missing (no order then)
-        durations.load(
-            config.rootpath / schedule_durations, must_exist=schedule_durations != DEFAULT_DURATIONS
-        )
-    except ValueError as error:
-        raise pytest.UsageError(f"--schedule-durations {schedule_durations!r}: {error}") from None
+    if schedule_durations != DEFAULT_DURATIONS:  # named on purpose: it must exist and parse now;
+        try:  # the default is read only where a GPU run orders by it (gpu_schedule.NeedFirst)
+            durations.load(config.rootpath / schedule_durations, must_exist=True)
+        except ValueError as error:
+            raise pytest.UsageError(f"--schedule-durations {schedule_durations!r}: {error}") from None
     return Options(
         selected,
         timeout,

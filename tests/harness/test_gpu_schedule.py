@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 
 import pytest
 
 from harness import devices, gpu_schedule
+from tests.harness.inner_pytest import run_pytest
 
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
 
@@ -118,14 +117,7 @@ def test_a_gpu_run_under_xdist_starts_tests_by_need_then_recorded_duration(tmp_p
         devices.LEASE_TIMEOUT_ENV: "15",
     }
     env.pop(devices.PHYSICAL_GPUS_ENV, None)
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-n", "1", "--tier", "gpu,multigpu", "-p", "no:cacheprovider", "-q"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=50,
-    )
+    run = run_pytest(tmp_path, "-n", "1", "--tier", "gpu,multigpu", env=env, timeout=50)
     assert "5 passed" in run.stdout, run.stdout + run.stderr
     acquired = [e["holder"] for e in map(json.loads, log.read_text().splitlines()) if e["event"] == "acquire"]
     assert [holder.split("::")[1] for holder in acquired] == [

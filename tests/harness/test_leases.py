@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from harness import devices, lease_queue
+from tests.harness.inner_pytest import run_pytest
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(60)]
@@ -341,14 +342,7 @@ def test_xdist_workers_pack_fake_gpus_without_overlap(fake_host):
     (fake_host / "test_packing.py").write_text(PACKING_TESTS)
     # A lease that never comes fails the inner test in seconds, not at the default 1800 s.
     env = {**os.environ, devices.LEASE_TIMEOUT_ENV: "15"}
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-n", "3", "--tier", "gpu,multigpu", "-p", "no:cacheprovider", "-q"],
-        cwd=fake_host,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=50,
-    )
+    run = run_pytest(fake_host, "-n", "3", "--tier", "gpu,multigpu", env=env, timeout=50)
     assert "1 failed, 22 passed" in run.stdout, run.stdout + run.stderr
     intervals = _intervals(fake_host / "leases.jsonl")
     assert len(intervals) == 23

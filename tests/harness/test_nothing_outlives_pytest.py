@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.harness.inner_pytest import run_pytest
 
 pytestmark = [pytest.mark.tiers("cpu"), pytest.mark.timeout(120)]
 
@@ -41,14 +41,7 @@ def test_no_process_of_the_run_is_alive_soon_after_pytest_returns(tmp_path, work
     (tmp_path / "test_ranked.py").write_text(RANKED)
     tag = f"HARNESS_SELFTEST_TAG={uuid.uuid4()}"
     env = {**os.environ, "HARNESS_SELFTEST_TAG": tag.partition("=")[2]}
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "--tier", "cpu", "-q", "-p", "no:cacheprovider", *workers],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
+    run = run_pytest(tmp_path, "--tier", "cpu", *workers, env=env, timeout=100)
     assert "1 passed" in run.stdout, run.stdout + run.stderr
     time.sleep(0.2)
     assert _tagged(tag) == []
