@@ -192,7 +192,7 @@ class RankPool:
                         raise PoolStartError(f"rank {rank} failed to start:\n{detail}")
                     waiting.discard(rank)
                 elif not self.procs[rank].is_alive():
-                    raise PoolStartError(f"rank {rank} {self._exit_report(rank).text}")
+                    raise PoolStartError(f"rank {rank} {self.crash_report(rank).text}")
         self.ready = True
 
     def run(self, call: Call, echo: Echo | None = None) -> RunResult:
@@ -264,13 +264,19 @@ class RankPool:
 
     def _note_stacks(self, interrupt: BaseException, reports: dict[int, RankReport]) -> None:
         """Add the Python stack of every rank still running to the exception that ended the wait."""
-        size = self.key.world_size
-        unfinished = {r: RankReport(r, RUNNING) for r in range(size) if r not in reports}
-        self._dump_stacks(unfinished)
-        stacks = "\n\n".join(f"rank {r} of {size}:\n{rep.stack.rstrip()}" for r, rep in unfinished.items())
+        stacks = self.running_stacks([r for r in range(self.key.world_size) if r not in reports])
         if stacks:
             notes = getattr(interrupt, "__notes__", None) or []
             interrupt.__notes__ = [*notes, f"Python stacks of the ranks still running:\n{stacks}"]
+
+    def running_stacks(self, ranks: list[int]) -> str:
+        """The Python stack of each of `ranks` still alive, one section per rank."""
+        unfinished = {r: RankReport(r, RUNNING) for r in ranks}
+        self._dump_stacks(unfinished)
+        size = self.key.world_size
+        return "\n\n".join(
+            f"rank {r} of {size}:\n{rep.stack.rstrip()}" for r, rep in unfinished.items() if rep.stack.strip()
+        )
 
     def _conclude(
         self,
@@ -304,16 +310,21 @@ class RankPool:
                 return self.conns[rank].recv()
         return None
 
-    def _exit_report(self, rank: int) -> RankReport:
+    def crash_report(self, rank: int) -> RankReport:
+        """How a rank that is no longer alive ended, with the end of its output."""
         proc = self.procs[rank]
         proc.join()
         return exit_report(rank, proc.exitcode, self.logs.read(rank, 0, _LOG_TAIL_BYTES), time.time())
 
     def _collect(self, rank: int) -> RankReport | None:
+        """The rank's report; messages of a call that talks to its test while it runs (a
+        continuous torch class's results the test no longer waited for) are dropped."""
         message = self._receive(rank)
-        if message is not None:
+        if message is not None and message[0] == "report":
             return message[1]
-        return None if self.procs[rank].is_alive() else self._exit_report(rank)
+        if message is not None or self.procs[rank].is_alive():
+            return None
+        return self.crash_report(rank)
 
     def _stop(self, rank: int) -> None:
         """End a rank that failed: the pool is replaced after this test anyway, and peers
@@ -373,6 +384,7 @@ class PoolRegistry:
         self.max_pools = max_pools
         self.preload = preload  # modules every rank imports anyway, loaded once in the forkserver
         self.pools: OrderedDict[PoolKey, RankPool] = OrderedDict()
+        self.taken: list[RankPool] = []  # out of `pools` while one caller holds them across tests
         self._context: BaseContext | None = None
         # Stopped at the end only by the registry it was started for (an in-process inner
         # pytest run, as pytester's, leaves the outer session's forkserver alone).
@@ -396,6 +408,23 @@ class PoolRegistry:
         self.pools[key] = pool
         return pool
 
+    def take(self, key: PoolKey) -> RankPool:
+        """A pool for `key` that no other test gets until `give_back`."""
+        pool = self.get(key)
+        del self.pools[key]
+        self.taken.append(pool)
+        return pool
+
+    def give_back(self, key: PoolKey, pool: RankPool) -> None:
+        """A taken pool: kept for the next test unless broken or another has taken its place."""
+        if pool not in self.taken:  # closed with the others at the end of the run
+            return
+        self.taken.remove(pool)
+        if pool.broken or key in self.pools or len(self.pools) >= self.max_pools:
+            pool.close()
+        else:
+            self.pools[key] = pool
+
     def run(self, key: PoolKey, call: Call, isolated: bool = False, echo: Echo | None = None) -> RunResult:
         """Run in the pool for `key`, or in fresh ranks closed afterwards when `isolated`."""
         pool = self._new(key) if isolated else self.get(key)
@@ -417,5 +446,7 @@ class PoolRegistry:
     def close_all(self) -> None:
         while self.pools:
             self.pools.popitem()[1].close()
+        while self.taken:
+            self.taken.pop().close()
         if self._owns_forkserver and self._context is not None:
             stop_forkserver()

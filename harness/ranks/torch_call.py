@@ -1,5 +1,10 @@
 """A test of torch's MultiProcessTestCase family in a pooled rank, as torch's spawned process runs it.
 
+`MultiProcContinuousTest` keeps one set of ranks for a whole class: each runs the
+class's `_worker_loop`, which takes test ids from a task queue and puts results on a
+completion queue. A pooled rank runs that same loop as one call (`ContinuousCall`),
+with both queues carried by the pool's own pipe to the pytest process.
+
 torch's runner starts each rank with `cls._run(rank, test_name, file_name, pipe, **kwargs)`;
 the rank ends with an exit code (0, a `TEST_SKIPS` code, or `TEST_ERROR_EXIT_CODE` after
 sending its traceback down the pipe). Here the same entry point runs in a warm rank: its
@@ -44,7 +49,47 @@ class TorchCall:
     seed: int
 
 
-def resolve(call: TorchCall) -> type:
+@dataclass(frozen=True)
+class ContinuousCall:
+    """What torch's `MultiProcContinuousTest._spawn_processes` hands each rank, for a whole class."""
+
+    nodeid: str  # the class's
+    module: str
+    path: str
+    cls: str
+    world_size: int
+    rdvz_file: str
+    sys_path: tuple[str, ...]
+    environ: dict[str, str]
+    seed: int
+
+
+# Messages on the pool's pipe while a continuous class runs: the parent sends TASK
+# (a test id, or None at the end), the rank answers RESULT (the id, or an exception).
+TASK = "task"
+RESULT = "result"
+
+
+class ParentQueue:
+    """Both of torch's queues of one rank, as `_worker_loop` uses them: tasks come down the
+    pool's pipe and results go up it."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def get(self, block: bool = True, timeout: float | None = None) -> object:
+        message = self.conn.recv()
+        # The pool is being closed ("exit"): end the loop as torch's None does.
+        return message[1] if message[0] == TASK else None
+
+    def put(self, value: object, block: bool = True, timeout: float | None = None) -> None:
+        try:
+            self.conn.send((RESULT, value))
+        except Exception as error:  # a result that does not pickle: send what it said instead
+            self.conn.send((RESULT, RuntimeError(f"{value!r} (and it could not be sent to pytest: {error})")))
+
+
+def resolve(call: TorchCall | ContinuousCall) -> type:
     """The test class, its module loaded (and kept) as for a pytest test."""
     sys.path[:0] = [entry for entry in call.sys_path if entry not in sys.path]
     return operator.attrgetter(call.cls)(load_module(call.module, call.path))
@@ -122,6 +167,26 @@ def execute(call: TorchCall, cls: type, rank: int, skip_codes: set[int]) -> Rank
     report.duration_s = time.perf_counter() - start
     if outcome == FAILED:
         report.failed_at = time.time()
+    return report
+
+
+def execute_continuous(call: ContinuousCall, cls: type, rank: int, conn: Connection) -> RankReport:
+    """Serve a continuous class's tests until the parent sends None, as torch's spawned rank does."""
+    start = time.perf_counter()
+    queue = ParentQueue(conn)
+    state = ModuleState(cls)
+    try:
+        cls._worker_loop(rank, call.world_size, call.rdvz_file, queue, queue)
+        report = RankReport(rank, PASSED, exit_code=0)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        text = traceback.format_exc()
+        print(text, file=sys.stderr, end="")
+        report = RankReport(rank, FAILED, text, failed_at=time.time(), exit_code=1)
+    finally:
+        state.restore()
+    report.duration_s = time.perf_counter() - start
     return report
 
 

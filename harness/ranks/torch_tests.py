@@ -10,6 +10,10 @@ on the pool, then gives torch's `_check_return_codes` the exit codes and piped
 tracebacks the ranks reported. So skips by exit code, `SkipTest` in a rank,
 errors from ranks and `skip_return_code_checks` mean what they mean in torch.
 
+A `MultiProcContinuousTest` class keeps one set of ranks for all its tests, in
+torch and here: its `_spawn_processes` takes a pool for the class's life
+(`torch_continuous`).
+
 A class the pools cannot host runs through torch's own spawn path, and the
 run's summary counts it with the reason (`fallback_reason`).
 """
@@ -17,6 +21,7 @@ run's summary counts it with the reason (`fallback_reason`).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 import time
@@ -32,6 +37,7 @@ from harness.ranks import display
 from harness.ranks.pool import PoolKey, PoolRegistry, RankPool, RunResult
 from harness.ranks.results import FAILED
 from harness.ranks.torch_call import TorchCall
+from harness.ranks.torch_continuous import ClassRun
 from harness.reporting import POOLED, TORCH_POOL
 
 COMMON = "torch.testing._internal.common_distributed"
@@ -39,6 +45,7 @@ COMMON = "torch.testing._internal.common_distributed"
 PRELOAD = (COMMON,)
 # torch's parent-side methods this runner replaces or relies on; a class overriding one runs unpooled.
 _PARENT_METHODS = ("_spawn_processes", "_start_processes", "_join_processes", "_check_return_codes")
+_CONTINUOUS_METHODS = ("_spawn_processes", "_worker_loop")
 
 
 def torch_case(cls: object) -> bool:
@@ -50,18 +57,40 @@ def torch_case(cls: object) -> bool:
     return isinstance(cls, type) and bool(bases) and issubclass(cls, bases)
 
 
+def continuous_case(cls: type) -> bool:
+    continuous = getattr(sys.modules[COMMON], "MultiProcContinuousTest", None)
+    return continuous is not None and issubclass(cls, continuous)
+
+
 def fallback_reason(cls: type) -> str | None:
     """Why this class's tests run through torch's own spawn path; None when the pools host them."""
     common = sys.modules[COMMON]
-    continuous = getattr(common, "MultiProcContinuousTest", None)
-    if continuous is not None and issubclass(cls, continuous):
-        return "MultiProcContinuousTest keeps one set of ranks for the whole class"
-    for name in _PARENT_METHODS:
-        if getattr(cls, name) is not getattr(common.MultiProcessTestCase, name):
+    if continuous_case(cls):
+        base, relied_on = common.MultiProcContinuousTest, _CONTINUOUS_METHODS
+    else:
+        base, relied_on = common.MultiProcessTestCase, _PARENT_METHODS
+    for name in relied_on:
+        if inspect.getattr_static(cls, name, None) is not inspect.getattr_static(base, name, None):
             return f"the class overrides torch's {name}"
     if "torch.cuda" in sys.modules and sys.modules["torch"].cuda.is_initialized():
         return "CUDA is initialised in the pytest process"
     return None
+
+
+def pool_key(item: pytest.Item, options: Options, world_size: int, lease: contextlib.ExitStack) -> PoolKey:
+    """CPU ranks, or `world_size` GPUs leased into `lease` when the run selected a GPU tier this host can run."""
+    name = "cpu"
+    selected = options.selected or []
+    for tier in ("multigpu", "gpu"):
+        spec = tiers.TIERS[tier]
+        if tier in selected and not tiers.unsupported_reason(tier) and spec.min_gpus <= world_size:
+            name = tier
+            break
+    ids: tuple[str, ...] = ()
+    if tiers.TIERS[name].min_gpus:
+        ids = tuple(lease.enter_context(devices.lease(world_size, holder=item.nodeid)))
+    item.user_properties.append(("harness_tier", name))
+    return PoolKey(world_size, name, tiers.backend_for(name), ids, group=False)
 
 
 class _PooledRank:
@@ -123,7 +152,7 @@ class PooledCase:
             self.instance._spawn_processes()
             return
         world_size = int(self.instance.world_size)
-        self.key = self._pool_key(world_size)
+        self.key = pool_key(self.item, self.options, world_size, self.lease)
         pool = self.pool = self.registry.get(self.key)
         try:
             pool.wait_ready()
@@ -153,21 +182,6 @@ class PooledCase:
         rank = _PooledRank(self.pool, target, name, args, kwargs)
         self.ranks.append(rank)
         return rank
-
-    def _pool_key(self, world_size: int) -> PoolKey:
-        """CPU ranks, or `world_size` leased GPUs when the run selected a GPU tier this host can run."""
-        name = "cpu"
-        selected = self.options.selected or []
-        for tier in ("multigpu", "gpu"):
-            spec = tiers.TIERS[tier]
-            if tier in selected and not tiers.unsupported_reason(tier) and spec.min_gpus <= world_size:
-                name = tier
-                break
-        ids: tuple[str, ...] = ()
-        if tiers.TIERS[name].min_gpus:
-            ids = tuple(self.lease.enter_context(devices.lease(world_size, holder=self.item.nodeid)))
-        self.item.user_properties.append(("harness_tier", name))
-        return PoolKey(world_size, name, tiers.backend_for(name), ids, group=False)
 
     def join(self, fn: Callable[[], None]) -> None:
         """Wait for the ranks, show their output, and let torch's own checks decide the outcome."""
@@ -238,11 +252,40 @@ class TorchTestHooks:
         self.registry = registry
         self.options = options
         self.cases: dict[str, PooledCase] = {}
+        # Continuous classes seen: None when pooled (their `_spawn_processes` replaced), else why not.
+        self.continuous: dict[type, str | None] = {}
+        self.class_runs: dict[type, ClassRun] = {}
+        self.current: pytest.Item | None = None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """Before the class fixture: torch's older classes start their ranks in setUpClass."""
+        self.current = item
+        cls = getattr(item, "cls", None)
+        if cls is None or cls in self.continuous or not torch_case(cls) or not continuous_case(cls):
+            return
+        reason = self.continuous[cls] = fallback_reason(cls)
+        if reason is None:
+            cls._spawn_processes = classmethod(self._spawn_class)
+
+    def _spawn_class(self, cls: type, world_size: int) -> None:
+        """In place of torch's `MultiProcContinuousTest._spawn_processes`, for one class."""
+        assert self.current is not None
+        lease = contextlib.ExitStack()
+        key = pool_key(self.current, self.options, int(world_size), lease)
+        run = ClassRun(
+            cls, int(world_size), self.registry, key, lease, self.current.nodeid, self.options.seed
+        )
+        run.install(cls)
+        self.class_runs[cls] = run
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> None:
         instance = getattr(item, "instance", None)
         if not isinstance(instance, unittest.TestCase) or not torch_case(type(instance)):
+            return
+        if type(instance) in self.continuous:
+            _mark(item, self.continuous[type(instance)] or POOLED)
             return
         reason = fallback_reason(type(instance))
         if reason is not None:
@@ -256,3 +299,12 @@ class TorchTestHooks:
         case = self.cases.pop(item.nodeid, None)
         if case is not None:
             case.abandon()
+
+    def pytest_unconfigure(self) -> None:
+        """Classes get torch's own `_spawn_processes` back; a class cut short ends with the run."""
+        for cls, reason in self.continuous.items():
+            if reason is None:
+                del cls._spawn_processes
+        for run in self.class_runs.values():
+            run.pool.broken = run.pool.broken or not run.ended
+            run.end()

@@ -121,9 +121,13 @@ def _run_test(call: calls.Call, rank: int, baseline: state.Baseline) -> tuple[Ra
 
 
 def _run_torch_test(
-    call: torch_call.TorchCall, rank: int, baseline: state.Baseline
+    call: torch_call.TorchCall | torch_call.ContinuousCall,
+    rank: int,
+    baseline: state.Baseline,
+    conn: Connection,
 ) -> tuple[RankReport, set[str]]:
-    """A test of torch's MultiProcessTestCase family, through the class's own rank entry point."""
+    """A test of torch's MultiProcessTestCase family through the class's own rank entry point,
+    or a whole MultiProcContinuousTest class through its worker loop."""
     modules = set(sys.modules)
     try:
         cls = torch_call.resolve(call)
@@ -131,15 +135,20 @@ def _run_torch_test(
     except Exception:
         return torch_call.failure(rank), modules
     modules = baseline.start_test(call.seed)
+    if isinstance(call, torch_call.ContinuousCall):
+        return torch_call.execute_continuous(call, cls, rank, conn), modules
     return torch_call.execute(call, cls, rank, skip_codes), modules
 
 
-def _run(call: calls.Call | torch_call.TorchCall, rank: int, baseline: state.Baseline) -> RankReport:
-    """One test in this rank, then everything it changed or started put back or ended."""
-    if isinstance(call, torch_call.TorchCall):
-        report, modules = _run_torch_test(call, rank, baseline)
-    else:
+AnyCall = calls.Call | torch_call.TorchCall | torch_call.ContinuousCall
+
+
+def _run(call: AnyCall, rank: int, baseline: state.Baseline, conn: Connection) -> RankReport:
+    """One test (or continuous class) in this rank, then everything it changed or started put back or ended."""
+    if isinstance(call, calls.Call):
         report, modules = _run_test(call, rank, baseline)
+    else:
+        report, modules = _run_torch_test(call, rank, baseline, conn)
     report.unclean = baseline.restore(modules)
     report.ended = children.end_descendants()
     report.collectives = baseline.collectives()
@@ -172,7 +181,7 @@ def main(spec: RankSpec, conn: Connection) -> None:
         if message[0] == "exit":
             break
         _mirror_environ(message[1].environ, spec.env)
-        report = _run(message[1], spec.rank, baseline)
+        report = _run(message[1], spec.rank, baseline, conn)
         _flush()
         conn.send(("report", report))
     _flush()

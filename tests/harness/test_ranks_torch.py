@@ -1,11 +1,12 @@
 """torch's MultiProcessTestCase family on the rank pools (`--pool-torch-tests`): torch's outcomes
-(its exit codes, SkipTest in a rank, errors piped to the parent), faults reported with every
-rank's stack, and a class the pools cannot host run on torch's own spawn path, counted."""
+(its exit codes, SkipTest in a rank, errors piped to the parent, a continuous class's poison
+pill), faults reported with every rank's stack, and a class the pools cannot host run on
+torch's own spawn path."""
 
 from __future__ import annotations
 
 import pytest
-from torch.testing._internal.common_distributed import MultiProcessTestCase
+from torch.testing._internal.common_distributed import MultiProcContinuousTest, MultiProcessTestCase
 
 from harness.ranks.torch_tests import fallback_reason
 
@@ -130,10 +131,106 @@ def test_torch_classes_run_pooled_with_torchs_outcomes(pytester):
     assert "rank 1 of 2 killed by" not in out and "rank 1 of 2 exited with code 3" in out, "the crash's cause"
     assert "in test_g_hangs" in out, "a hung rank's Python stack is in the report"
     assert "still running after 3s (torch's timeout for this test)" in out
-    assert (
-        "TORCH TESTS: 8 pooled, 2 on torch's own spawn path: "
-        "MultiProcContinuousTest keeps one set of ranks for the whole class (2)" in out
+    assert "TORCH TESTS: 10 pooled, 0 on torch's own spawn path" in out
+
+
+CONTINUOUS = """
+import os, time
+import torch
+import torch.distributed as dist
+from torch.testing._internal.common_distributed import (
+    TIMEOUT_OVERRIDE, MultiProcContinuousTest, skip_if_lt_x_gpu,
+)
+
+TIMEOUT_OVERRIDE["test_hangs"] = 3
+
+
+class Gloo(MultiProcContinuousTest):
+    world_size = 2
+
+    @classmethod
+    def backend_str(cls):
+        return "gloo"
+
+    def all_reduce_ranks(self):
+        total = torch.tensor([float(self.rank + 1)])
+        dist.all_reduce(total)
+        return total.item()
+
+
+class TestA(Gloo):
+    def test_a_passes(self):
+        print(f"rank {self.rank} was here")
+        torch.set_default_dtype(torch.float64)
+        self.assertEqual(self.all_reduce_ranks(), 3.0)
+
+    def test_b_fails_on_rank_0(self):
+        self.assertEqual(self.rank, 1)
+
+    def test_c_poisoned(self):
+        pass
+
+
+class TestB(Gloo):
+    @skip_if_lt_x_gpu(2)
+    def test_a_skips_by_exit_code(self):
+        pass
+
+    def test_b_starts_fresh_after_a_class(self):
+        self.assertEqual(torch.get_default_dtype(), torch.float32)
+        self.assertEqual(self.all_reduce_ranks(), 3.0)
+
+
+class TestC(Gloo):
+    def test_a_crashes(self):
+        self.all_reduce_ranks()  # both ranks are past the group's set-up
+        if self.rank == 1:
+            os._exit(3)
+        time.sleep(30)
+
+    def test_b_poisoned(self):
+        pass
+
+
+class TestD(Gloo):
+    def test_hangs(self):
+        if self.rank == 0:
+            time.sleep(30)
+
+
+class TestE(Gloo):
+    def test_passes_after_the_faults(self):
+        self.assertEqual(self.all_reduce_ranks(), 3.0)
+"""
+
+
+def test_continuous_classes_run_pooled_with_torchs_outcomes(pytester):
+    pytester.makepyfile(test_continuous=CONTINUOUS)
+    result = pytester.runpytest(
+        "--tier", "cpu", "--pool-torch-tests", "-p", "no:cacheprovider", "-rA", "--dist-timeout", "20"
     )
+    out = result.stdout.str()
+    result.assert_outcomes(passed=3, failed=3, skipped=3)
+    for line in [
+        "PASSED *::TestA::test_a_passes",
+        "PASSED *::TestB::test_b_starts_fresh_after_a_class",
+        "PASSED *::TestE::test_passes_after_the_faults",
+        "FAILED *::TestA::test_b_fails_on_rank_0*",
+        "SKIPPED * Previous test failed, skipping test_continuous.TestA.test_c_poisoned",
+        "SKIPPED * Need at least 2 CUDA devices",
+        "FAILED *::TestC::test_a_crashes*",
+        "SKIPPED * Previous test failed, skipping test_continuous.TestC.test_b_poisoned",
+        "FAILED *::TestD::test_hangs*",
+        # The failure reports ("E" lines), not the short summary, whose width is the terminal's.
+        "E * RuntimeError: Exception in worker process:",
+        "E * RuntimeError: rank 1 of 2 exited with code 3",
+        "E * RuntimeError: test_continuous.TestD.test_hangs: still running after 3s (torch's timeout*",
+    ]:
+        result.stdout.fnmatch_lines([line])
+    assert "[rank 0] rank 0 was here" in out and "[rank 1] rank 1 was here" in out, "rank output is captured"
+    assert "in test_a_crashes" in out, "the crash report carries the other rank's stack"
+    assert "in test_hangs" in out, "a hung rank's Python stack is in the report"
+    assert "TORCH TESTS: 9 pooled, 0 on torch's own spawn path" in out
 
 
 class _OwnSpawn(MultiProcessTestCase):
@@ -146,7 +243,15 @@ class _OwnCheck(MultiProcessTestCase):
         """A class judging its ranks its own way."""
 
 
+class _OwnContinuousSpawn(MultiProcContinuousTest):
+    @classmethod
+    def _spawn_processes(cls, world_size):
+        """A continuous class starting its ranks its own way."""
+
+
 def test_classes_that_replace_torchs_start_or_join_are_not_pooled():
     assert fallback_reason(MultiProcessTestCase) is None
     assert fallback_reason(_OwnSpawn) == "the class overrides torch's _spawn_processes"
     assert fallback_reason(_OwnCheck) == "the class overrides torch's _check_return_codes"
+    assert fallback_reason(MultiProcContinuousTest) is None
+    assert fallback_reason(_OwnContinuousSpawn) == "the class overrides torch's _spawn_processes"
