@@ -14,9 +14,11 @@ import dataclasses
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.backends.debugging import aot_eager
 
 from ac import ACConfig, apply_ac, budget_plans
 from ac.budget import BudgetCheckpoint, costs
+from ac.traced import traced_eager
 from ackit import models
 from ackit.models import moe
 from ackit.presets import PRESETS
@@ -169,6 +171,25 @@ class _CountedOpCalls:
             return wrapped(op, *args, **kwargs)
 
         monkeypatch.setattr(torch._ops.OpOverload, "__call__", counted)
+
+
+def _relu_mm_sum(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor]:
+    return (torch.relu(x @ w).sum(),)
+
+
+@pytest.mark.parametrize(("backend", "wrapped_calls"), [(traced_eager, False), (aot_eager, True)])
+def test_a_traced_eager_graph_calls_its_ops_directly(backend, wrapped_calls, monkeypatch):
+    """The backend on its own (no dynamo, so `make mutate` runs it): once its first call has
+    traced, a forward and backward call no op through `OpOverload.__call__` (aot_eager, the
+    control, calls each through it) and give eager's gradient, bit for bit."""
+    x, w = torch.randn(4, 4), torch.randn(4, 4, requires_grad=True)
+    run = backend(torch.fx.symbolic_trace(_relu_mm_sum), [x, w])
+    run(x, w)[0].backward()
+    w.grad = None
+    counter = _CountedOpCalls(monkeypatch)
+    run(x, w)[0].backward()
+    assert (counter.calls > 0) == wrapped_calls, counter.calls
+    assert torch.equal(w.grad, torch.autograd.grad(_relu_mm_sum(x, w)[0], w)[0])
 
 
 @pytest.mark.compiled
