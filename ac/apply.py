@@ -7,6 +7,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import Activati
 
 from ac.config import ACConfig
 from ac.modes import REGISTRY
+from ac.traced import backend_for
 
 BLOCK_CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
 
@@ -24,7 +25,7 @@ def apply_ac(model: nn.Module, config: ACConfig, *, blocks: str = "layers") -> n
     for position, (name, block) in enumerate(list(container.named_children()), start=1):
         wrapped = mode.wrap(block, f"{blocks}.{name}", position)
         if config.compile and mode.compiles_blocks:
-            wrapped.compile(backend=config.compile_backend, fullgraph=True)
+            wrapped.compile(backend=backend_for(config.compile_backend), fullgraph=True)
         if wrapped is not block:
             container.register_module(name, wrapped)
     return model

@@ -62,10 +62,18 @@ def modes() -> list[str]:
     return [name for name in KINDS if name not in SELECTIVE_KINDS] + ["selective"]
 
 
-def _check_backend(backend: object) -> None:
+def compile_backends() -> list[str]:
+    """The values `ACConfig.compile_backend` accepts: this package's "traced_eager" and
+    every backend torch registers."""
     import torch._dynamo
 
-    allowed = torch._dynamo.list_backends(exclude_tags=())
+    from ac import traced
+
+    return [traced.NAME, *torch._dynamo.list_backends(exclude_tags=())]
+
+
+def _check_backend(backend: object) -> None:
+    allowed = compile_backends()
     if backend not in allowed:
         raise ValueError(f"ACConfig.compile_backend={backend!r} is not one of {allowed}")
 
@@ -87,6 +95,10 @@ class ACConfig:
     memory_budget: fraction of no-AC activation memory to keep, in [0, 1].
     compile: compile each block after wrapping it (torchtitan's order), with
         `compile_backend`.
+    compile_backend: a torch.compile backend name, or "traced_eager" (`ac.traced`):
+        aot_eager's traced graphs with each op called without OpOverload's Python
+        wrapper, the recommended way to run op-SAC and memory_budget without inductor
+        (eager kernels, gradients bitwise equal to eager no AC's, no per-op dispatch mode).
     preserve_rng_state: replay random ops (dropout) exactly in the recompute;
         without it gradients of blocks that draw random numbers are wrong.
     """

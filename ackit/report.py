@@ -111,8 +111,9 @@ def table(name: str, rows: list[Row]) -> str:
         legend += " Compiled rows: act MiB is what autograd saves; no flop counts (compiled graphs refuse a FlopCounterMode)."
     if any(r.traced for r in rows):
         legend += (
-            " Traced rows: each block compiled with aot_eager (eager kernels from a traced graph, no "
-            "per-op dispatch mode); grads equal means bitwise to a plain eager no-AC step."
+            " Traced rows: each block compiled with traced_eager (aot_eager's traced graph of eager "
+            "kernels, each op called directly; no per-op dispatch mode); grads equal means bitwise to "
+            "a plain eager no-AC step."
         )
     plans = [f"- {r.mode}: " + "; ".join(r.plans) for r in rows if r.plans]
     if plans:
@@ -155,7 +156,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-traced",
         action="store_true",
-        help="skip the traced-eager rows (each block compiled with aot_eager; seconds of tracing per mode)",
+        help="skip the traced-eager rows (each block compiled with traced_eager; seconds of tracing per mode)",
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     parser.set_defaults(run=main)
@@ -180,13 +181,13 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
 
 def compile_backend_for(choice: str, device: torch.device) -> str | None:
     """The backend of the compiled rows, or None for none; an unknown one is a ValueError."""
-    import torch._dynamo
+    from ac.config import compile_backends
 
     if choice == NO_COMPILE:
         return None
     if choice == AUTO_COMPILE:
         return "inductor" if device.type == "cuda" else None
-    allowed = [NO_COMPILE, AUTO_COMPILE, *torch._dynamo.list_backends(exclude_tags=())]
+    allowed = [NO_COMPILE, AUTO_COMPILE, *compile_backends()]
     if choice not in allowed:
         raise ValueError(f"--compile-backend {choice!r} is not one of {allowed}")
     return choice

@@ -30,10 +30,11 @@ from harness import measure, tiers
 MATCHED = ("op", "layer-2")
 # Modes measured compiled as well: their rows are named "<mode> compiled".
 COMPILED_MODES = ("none", "full", "op", "budget-0.5")
-# Modes measured on the traced-eager path (each block compiled with aot_eager: eager
-# kernels, no per-op dispatch mode): rows "<mode> traced", gradients bitwise to eager no AC's.
+# Modes measured on the traced-eager path (each block compiled with ac.traced's backend:
+# aot_eager's graphs of eager kernels, each op called directly, no per-op dispatch mode):
+# rows "<mode> traced", gradients bitwise to eager no AC's.
 TRACED_MODES = ("none", "full", "op", "budget-0.5")
-TRACED_BACKEND = "aot_eager"
+TRACED_BACKEND = "traced_eager"
 # Compiled graphs may reorder float sums: gradients agree to rounding, not bitwise.
 COMPILED_TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 WARMUP_STEPS, TIMED_STEPS = 2, 7
@@ -57,7 +58,7 @@ class Row:
     step_q1_ms: float | None = None  # quartiles of the interleaved steps (None: one step, no spread)
     step_q3_ms: float | None = None
     same_plan_as: str | None = None  # runs the plan of this earlier row: timed once, with it
-    traced: bool = False  # compiled with aot_eager: eager kernels from a traced graph
+    traced: bool = False  # compiled with TRACED_BACKEND: eager kernels from a traced graph
 
     @property
     def step(self) -> timing.StepTime:

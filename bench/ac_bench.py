@@ -1,8 +1,10 @@
 """Step time of every AC mode, eager, traced eager and compiled, side by side in one run.
 
 Rows: eager modes (`<mode>`), the traced-eager path (`<mode> traced`: each block
-compiled with `aot_eager`, eager kernels from a traced graph, SAC without a
-per-op dispatch mode) and, with `--compiled`, inductor (`<mode> inductor`). All
+compiled with `traced_eager`, aot_eager's graph of eager kernels with each op called
+directly, SAC without a per-op dispatch mode), plain `aot_eager` for none and op
+(`<mode> aot_eager`: the same graphs, each op through `OpOverload.__call__`) and,
+with `--compiled`, inductor (`<mode> inductor`). All
 rows are timed in one set of interleaved steps (warm-up excluded), so a busy
 machine slows all alike: median and quartiles per row, its ratio to eager no
 AC's, activation bytes held after forward (MemTracker; traced and compiled: what
@@ -40,6 +42,8 @@ BUDGETS = ("budget-0.25", "budget-0.5", "budget-0.75")
 SIMPLE = ["none", "full", "layer-2", "layer-4"]
 EAGER_MODES = [*SIMPLE, "op", "budget-0.1", *BUDGETS, "budget-1.0"]
 TRACED_MODES = [*SIMPLE, "op", *BUDGETS]
+TRACED_BACKEND = "traced_eager"  # ac.traced's backend: the recommended traced-eager path
+AOT_EAGER_MODES = ["none", "op"]  # the same graphs with their ops called through OpOverload.__call__
 COMPILED_MODES = ["none", "full", "op", "budget-0.5"]
 SUBMODULES = {"attn-ckpt": "attention", "moe-ckpt": "moe"}
 
@@ -109,7 +113,8 @@ def _per_call_us(device: torch.device) -> tuple[float, float]:
 def _rows(name: str, device: torch.device, compiled: bool) -> dict[str, tuple[str | None, str]]:
     """Row label -> (compile backend or None, mode)."""
     rows = {mode: (None, mode) for mode in [*EAGER_MODES, *SUBMODULES]}
-    rows.update({f"{mode} traced": ("aot_eager", mode) for mode in TRACED_MODES})
+    rows.update({f"{mode} traced": (TRACED_BACKEND, mode) for mode in TRACED_MODES})
+    rows.update({f"{mode} aot_eager": ("aot_eager", mode) for mode in AOT_EAGER_MODES})
     if compiled:
         rows.update({f"{mode} inductor": ("inductor", mode) for mode in COMPILED_MODES})
     return rows
@@ -123,6 +128,9 @@ def _summary(times: dict[str, timing.StepTime], held: dict[str, int]) -> list[st
         f"/ traced none: {t['op traced'] / t['none traced']:.2f}; traced none / eager none: "
         f"{t['none traced'] / t['none']:.2f}",
         f"traced op-SAC / eager op-SAC: {t['op traced'] / t['op']:.2f} (target <= 0.60)",
+        f"{TRACED_BACKEND} / aot_eager: op-SAC {t['op traced'] / t['op aot_eager']:.2f}, none "
+        f"{t['none traced'] / t['none aot_eager']:.2f}; aot_eager op-SAC / eager none: "
+        f"{t['op aot_eager'] / t['none']:.2f}",
     ]
     simple = [*SIMPLE, *SUBMODULES]
     for budget in BUDGETS:

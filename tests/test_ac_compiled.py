@@ -14,9 +14,11 @@ import dataclasses
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.backends.debugging import aot_eager
 
 from ac import ACConfig, apply_ac, budget_plans
 from ac.budget import BudgetCheckpoint, costs
+from ac.traced import traced_eager
 from ackit import models
 from ackit.models import moe
 from ackit.presets import PRESETS
@@ -131,29 +133,85 @@ def test_compiled_budget_without_preserved_rng_state_runs_and_stays_silent(recwa
 
 
 def test_bad_compile_backend_is_named_before_any_work():
-    with pytest.raises(ValueError, match=r"compile_backend='inductr' is not one of \[.*'inductor'"):
+    with pytest.raises(
+        ValueError, match=r"compile_backend='inductr' is not one of \['traced_eager', .*'inductor'"
+    ):
         ACConfig(compile=True, compile_backend="inductr")
 
 
+TRACED_BACKENDS = ("traced_eager", "aot_eager")  # ac.traced's backend, and the aot_eager it speeds up
+
+
 @pytest.mark.compiled
+@pytest.mark.parametrize("backend", TRACED_BACKENDS)
 @pytest.mark.parametrize("mode", ["op", "budget-0.5"])
-def test_traced_eager_sac_is_bitwise_equal_to_eager_no_ac(mode):
-    """aot_eager runs eager kernels from the traced graph: op-SAC and the budget there give
-    the gradients of plain eager no AC, bit for bit, in float32."""
-    reference = models.build("moe-tiny")
-    reference.step().backward()
-    built = models.build("moe-tiny")
-    apply_ac(built.model, dataclasses.replace(PRESETS[mode], compile=True, compile_backend="aot_eager"))
-    built.step().backward()
-    measure.assert_grads_match(reference.model, built.model)
+def test_traced_eager_sac_is_bitwise_equal_to_eager_no_ac(mode, backend):
+    """The traced-eager backends run eager kernels from the traced graph: op-SAC and the
+    budget there give the gradients of plain eager no AC, bit for bit, in float32, dropout
+    included."""
+    reference = moe.build(ARGS)
+    tokens, targets = moe.batch(ARGS)
+    _seeded_step(reference, tokens, targets).backward()
+    model, tokens, targets = _compiled(PRESETS[mode], backend)
+    _seeded_step(model, tokens, targets).backward()
+    measure.assert_grads_match(reference, model)
     if mode.startswith("budget"):  # half the memory: some block runs a checkpointed region
-        assert any(chosen.kind != "none" for chosen in budget_plans(built.model))
+        assert any(chosen.kind != "none" for chosen in budget_plans(model))
 
 
-def test_traced_eager_regions_are_priced_without_dispatch_or_region_costs():
+class _CountedOpCalls:
+    """Counts calls through `OpOverload.__call__`, the Python wrapper traced_eager skips."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        wrapped = torch._ops.OpOverload.__call__
+
+        def counted(op, /, *args, **kwargs):
+            self.calls += 1
+            return wrapped(op, *args, **kwargs)
+
+        monkeypatch.setattr(torch._ops.OpOverload, "__call__", counted)
+
+
+def _relu_mm_sum(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor]:
+    return (torch.relu(x @ w).sum(),)
+
+
+@pytest.mark.parametrize(("backend", "wrapped_calls"), [(traced_eager, False), (aot_eager, True)])
+def test_a_traced_eager_graph_calls_its_ops_directly(backend, wrapped_calls, monkeypatch):
+    """The backend on its own (no dynamo, so `make mutate` runs it): once its first call has
+    traced, a forward and backward call no op through `OpOverload.__call__` (aot_eager, the
+    control, calls each through it) and give eager's gradient, bit for bit."""
+    x, w = torch.randn(4, 4), torch.randn(4, 4, requires_grad=True)
+    run = backend(torch.fx.symbolic_trace(_relu_mm_sum), [x, w])
+    run(x, w)[0].backward()
+    w.grad = None
+    counter = _CountedOpCalls(monkeypatch)
+    run(x, w)[0].backward()
+    assert (counter.calls > 0) == wrapped_calls, counter.calls
+    assert torch.equal(w.grad, torch.autograd.grad(_relu_mm_sum(x, w)[0], w)[0])
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize(("backend", "wrapped_calls"), [("traced_eager", False), ("aot_eager", True)])
+def test_traced_eager_graphs_call_ops_without_their_python_wrapper(backend, wrapped_calls, monkeypatch):
+    """After the trace, a forward and backward of a traced_eager block call no op through
+    `OpOverload.__call__`; aot_eager's graphs call every op through it (the control). No
+    dropout: under SAC a random op is an operand of torch's rng-state operators, which call it."""
+    args = dataclasses.replace(ARGS, dropout=0.0)
+    config = dataclasses.replace(PRESETS["op"], compile=True, compile_backend=backend)
+    model, (tokens, targets) = apply_ac(moe.build(args), config), moe.batch(args)
+    _seeded_step(model, tokens, targets).backward()  # traces and compiles
+    counter = _CountedOpCalls(monkeypatch)
+    _seeded_step(model, tokens, targets).backward()
+    assert (counter.calls > 0) == wrapped_calls, counter.calls
+
+
+@pytest.mark.parametrize("backend", TRACED_BACKENDS)
+def test_traced_eager_regions_are_priced_without_dispatch_or_region_costs(backend):
     block, x = nn.Linear(4, 4), torch.randn(2, 4)
     measured = costs.measure(torch.device("cpu"))
-    traced = BudgetCheckpoint(0.5, compile_backend="aot_eager").pricing(block, (x,))
+    traced = BudgetCheckpoint(0.5, compile_backend=backend).pricing(block, (x,))
     assert (traced.sac_dispatch_s, traced.region_s) == (0.0, 0.0)
     assert (traced.op_s, traced.flops_per_s, traced.op_times) == (measured.op_s, measured.flops_per_s, True)
     assert BudgetCheckpoint(0.5).pricing(block, (x,)) == measured

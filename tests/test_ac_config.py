@@ -151,8 +151,9 @@ def test_debug_runs_with_plain_checkpointing():
     model(torch.randn(4, 512, requires_grad=True)).backward()
 
 
-def test_compile_is_read_from_toml_and_compiles_each_wrapped_block(fresh_dynamo):
-    config = ACConfig.from_dict({"mode": "full", "compile": True, "compile_backend": "aot_eager"})
+@pytest.mark.parametrize("backend", ["traced_eager", "aot_eager"])
+def test_compile_is_read_from_toml_and_compiles_each_wrapped_block(backend, fresh_dynamo):
+    config = ACConfig.from_dict({"mode": "full", "compile": True, "compile_backend": backend})
     model = apply_ac(ToyModel(n_blocks=2), config)
     assert all(block._compiled_call_impl is not None for block in model.layers.values())
     assert ACConfig().compile is False

@@ -19,7 +19,10 @@ MODES = {
     **{name: PRESETS[name] for name in ("none", "full", "layer-2", "op", "budget-0.5")},
     "budget-0.5-no-rng": ACConfig(mode="memory_budget", preserve_rng_state=False),
     "op-named": ACConfig(selective_ac_option="op", per_op_sac_save_names=["output.*"]),
+    # The budget wrapper compiles its regions itself (the blocks stay modules): a copy compiles its own.
+    "budget-0.5-traced": ACConfig(mode="memory_budget", compile=True, compile_backend="traced_eager"),
 }
+COMPILED = {"budget-0.5-traced"}
 
 
 def _saved_and_loaded(model: torch.nn.Module) -> torch.nn.Module:
@@ -30,7 +33,9 @@ def _saved_and_loaded(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("how", ["torch.save", "deepcopy"])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "mode", [pytest.param(m, marks=[pytest.mark.compiled] if m in COMPILED else []) for m in MODES]
+)
 def test_a_wrapped_model_pickles_and_steps_as_before(mode, how):
     built = models.build("toy", n_blocks=2)
     x = built.inputs[0]

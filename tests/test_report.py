@@ -256,6 +256,7 @@ def test_auto_compiles_with_inductor_on_cuda_only_and_none_never():
     assert report.compile_backend_for("auto", cpu) is None
     assert report.compile_backend_for("none", cuda) is None
     assert report.compile_backend_for("aot_eager", cpu) == "aot_eager"
+    assert report.compile_backend_for("traced_eager", cpu) == "traced_eager"  # ac.traced's backend
 
 
 def test_report_help_is_what_the_docs_quote(capsys):

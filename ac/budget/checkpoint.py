@@ -35,6 +35,7 @@ from torch.utils.checkpoint import (
 from ac.budget import costs
 from ac.budget.profile import ProfileCache, structure
 from ac.budget.solver import FULL, MODULES, NONE, SAC, OpKey, Plan, check_budget, solve
+from ac.traced import backend_for
 
 
 def make_budget_policy(saved: frozenset[OpKey]) -> Callable[..., CheckpointPolicy]:
@@ -201,7 +202,7 @@ class BudgetCheckpoint:
 
     def _solve(self, block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], compiled: bool) -> Plan:
         eager = self.compile_backend is None and not compiled
-        # Traced eager (aot_eager): eager kernels at their timed cost, but a traced region
+        # Traced eager (traced_eager, aot_eager): eager kernels at their timed cost, but a traced region
         # pays no dispatch mode and no wrapper; inductor (or an unknown backend): flops.
         eager_kernels = eager or self.compile_backend in costs.EAGER_KERNEL_BACKENDS
         profile = self.profiles.get(block, args, kwargs, timed=eager_kernels)
@@ -243,7 +244,8 @@ class BudgetCheckpoint:
         region = self._regions.get(key)
         if region is None:
             run = functools.partial(run_plan, plan, options)
-            region = self._regions[key] = torch.compile(run, backend=self.compile_backend, fullgraph=True)
+            backend = backend_for(self.compile_backend)
+            region = self._regions[key] = torch.compile(run, backend=backend, fullgraph=True)
         return region
 
 

@@ -22,6 +22,7 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from ac import traced
 from ac.budget.profile import OpCost
 
 
@@ -41,8 +42,9 @@ class DeviceCosts:
 # Compiled regions: a dispatch mode only tags the graph, ops fuse; flops decide.
 COMPILED = DeviceCosts(flops_per_s=1e12, op_s=0.0, sac_dispatch_s=0.0, region_s=0.0, op_times=False)
 
-# torch.compile backends that run a traced graph of eager kernels: the "traced eager" path.
-EAGER_KERNEL_BACKENDS = ("aot_eager",)
+# torch.compile backends that run a traced graph of eager kernels: the "traced eager" path
+# (ac.traced's backend, the recommended one, and aot_eager, which it speeds up).
+EAGER_KERNEL_BACKENDS = (traced.NAME, "aot_eager")
 
 
 def traced_eager(measured: DeviceCosts) -> DeviceCosts:
