@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -135,14 +135,33 @@ def tiers_for(node: pytest.Item, multi_rank: bool) -> tuple[str, ...]:
     return tuple(t.name for t in TIERS.values() if (t.multi_rank if multi_rank else t.plain))
 
 
-def tier_name(item: pytest.Item) -> str | None:
+# pytest cannot parametrize unittest methods (torch's multi-process test classes): the
+# plugin hosting them puts in the item's stash the tier it runs in this run, every tier
+# it may run in (what the CI inventory lists) and its world size.
+STASHED_TIER = pytest.StashKey[str]()
+STASHED_TIERS = pytest.StashKey[tuple[str, ...]]()
+STASHED_WORLD_SIZE = pytest.StashKey[int]()
+
+
+def _param(item: pytest.Item, name: str) -> Any:
     callspec = getattr(item, "callspec", None)
-    return None if callspec is None else callspec.params.get(TIER_PARAM)
+    return None if callspec is None else callspec.params.get(name)
+
+
+def tier_name(item: pytest.Item) -> str | None:
+    name = _param(item, TIER_PARAM)
+    return name if name is not None else item.stash.get(STASHED_TIER, None)
+
+
+def listed_tiers(item: pytest.Item) -> tuple[str, ...]:
+    """Every tier the item runs in across runs: its own tier, or all an unparametrized test may take."""
+    name = tier_name(item)
+    return item.stash.get(STASHED_TIERS, None) or ((name,) if name is not None else ())
 
 
 def world_size_of(item: pytest.Item) -> int | None:
-    callspec = getattr(item, "callspec", None)
-    return callspec.params.get("world_size") if callspec is not None else None
+    size = _param(item, "world_size")
+    return size if size is not None else item.stash.get(STASHED_WORLD_SIZE, None)
 
 
 def max_gpus() -> int:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from harness import safe_paths, tiers
-from harness.tiers import tier_name
 
 
 @dataclass(frozen=True)
@@ -23,12 +22,11 @@ class TieredTest:
 
 
 def entries(items: list[pytest.Item]) -> list[TieredTest]:
-    found = []
-    for item in items:
-        name = tier_name(item)
-        if name is not None:
-            found.append(TieredTest(item.nodeid, name, tiers.gpus_needed(item, name)))
-    return found
+    return [
+        TieredTest(item.nodeid, name, tiers.gpus_needed(item, name))
+        for item in items
+        for name in tiers.listed_tiers(item)
+    ]
 
 
 def write(path: str, items: list[pytest.Item]) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from harness import devices, tiers
+from harness import tiers
 from harness.options import Options
 from harness.ranks import display
 from harness.ranks.pool import PoolKey, PoolRegistry, RankPool, RunResult
@@ -77,19 +77,40 @@ def fallback_reason(cls: type) -> str | None:
     return None
 
 
-def pool_key(item: pytest.Item, options: Options, world_size: int, lease: contextlib.ExitStack) -> PoolKey:
-    """CPU ranks, or `world_size` GPUs leased into `lease` when the run selected a GPU tier this host can run."""
-    name = "cpu"
-    selected = options.selected or []
-    for tier in ("multigpu", "gpu"):
-        spec = tiers.TIERS[tier]
-        if tier in selected and not tiers.unsupported_reason(tier) and spec.min_gpus <= world_size:
-            name = tier
-            break
+def declared_world_size(cls: type) -> int | None:
+    """The world size torch's runner would start the class with, as far as collection can tell:
+    a class attribute, or the property evaluated on a bare instance (as torch does for
+    continuous classes); None when it depends on more (the test then counts as
+    `tiers.DEFAULT_WORLD_SIZE` ranks when jobs are sized)."""
+    declared = inspect.getattr_static(cls, "world_size", None)
+    try:
+        value = declared.fget(object.__new__(cls)) if isinstance(declared, property) else cls.world_size
+        size = int(value)
+    except Exception:
+        return None
+    return size if size > 0 else None
+
+
+def stash_tier(item: pytest.Item, options: Options) -> None:
+    """A torch test's tiers are a multi-rank test's (its `tiers` marker, else every multi-rank
+    tier); it runs in the first of them this run selected, and holds its world size in GPUs there."""
+    names = tiers.tiers_for(item, multi_rank=True)
+    selected = [name for name in options.selected or () if name in names]
+    item.stash[tiers.STASHED_TIERS] = names
+    item.stash[tiers.STASHED_TIER] = selected[0] if selected else names[0]
+    size = declared_world_size(item.cls)
+    if size is not None:
+        item.stash[tiers.STASHED_WORLD_SIZE] = size
+
+
+def pool_key(item: pytest.Item, world_size: int, lease: contextlib.ExitStack) -> PoolKey:
+    """CPU ranks, or in a GPU tier `world_size` GPUs leased into `lease` (the tier's lease, as for
+    a native test; the class is what leases them when collection could not tell its size)."""
+    name = tiers.tier_name(item) or "cpu"
     ids: tuple[str, ...] = ()
     if tiers.TIERS[name].min_gpus:
-        ids = tuple(lease.enter_context(devices.lease(world_size, holder=item.nodeid)))
-    item.user_properties.append(("harness_tier", name))
+        item.stash[tiers.STASHED_WORLD_SIZE] = world_size
+        ids = tuple(lease.enter_context(tiers.lease(item, name)))
     return PoolKey(world_size, name, tiers.backend_for(name), ids, group=False)
 
 
@@ -152,7 +173,7 @@ class PooledCase:
             self.instance._spawn_processes()
             return
         world_size = int(self.instance.world_size)
-        self.key = pool_key(self.item, self.options, world_size, self.lease)
+        self.key = pool_key(self.item, world_size, self.lease)
         pool = self.pool = self.registry.get(self.key)
         try:
             pool.wait_ready()
@@ -258,6 +279,14 @@ class TorchTestHooks:
         self.current: pytest.Item | None = None
 
     @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        """Before the harness selects tiers: each torch test gets its tier and world size."""
+        for item in items:
+            cls = getattr(item, "cls", None)
+            if isinstance(cls, type) and issubclass(cls, unittest.TestCase) and torch_case(cls):
+                stash_tier(item, self.options)
+
+    @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         """Before the class fixture: torch's older classes start their ranks in setUpClass."""
         self.current = item
@@ -272,7 +301,7 @@ class TorchTestHooks:
         """In place of torch's `MultiProcContinuousTest._spawn_processes`, for one class."""
         assert self.current is not None
         lease = contextlib.ExitStack()
-        key = pool_key(self.current, self.options, int(world_size), lease)
+        key = pool_key(self.current, int(world_size), lease)
         run = ClassRun(
             cls, int(world_size), self.registry, key, lease, self.current.nodeid, self.options.seed
         )

@@ -5,9 +5,12 @@ torch's own spawn path."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from torch.testing._internal.common_distributed import MultiProcContinuousTest, MultiProcessTestCase
 
+from harness import devices
 from harness.ranks.torch_tests import fallback_reason
 
 # A self-test fails within 60 s when what it checks hangs, not at the suite-wide 600 s.
@@ -255,3 +258,85 @@ def test_classes_that_replace_torchs_start_or_join_are_not_pooled():
     assert fallback_reason(_OwnCheck) == "the class overrides torch's _check_return_codes"
     assert fallback_reason(MultiProcContinuousTest) is None
     assert fallback_reason(_OwnContinuousSpawn) == "the class overrides torch's _spawn_processes"
+
+
+TIERED = """
+import pytest
+import torch
+import torch.distributed as dist
+from torch.testing._internal.common_distributed import MultiProcContinuousTest, MultiProcessTestCase
+
+
+class ThreeRanks(MultiProcessTestCase):
+    world_size = 3
+
+    def setUp(self):
+        super().setUp()
+        self._spawn_processes()
+
+    def test_three(self):
+        assert self.rank in (0, 1, 2)
+
+
+@pytest.mark.tiers("cpu")
+class CpuOnly(ThreeRanks):
+    def test_cpu(self):
+        pass
+
+
+class TwoRanksAllClass(MultiProcContinuousTest):
+    world_size = 2
+
+    @classmethod
+    def backend_str(cls):
+        return "gloo"
+
+    def test_a(self):
+        dist.all_reduce(torch.ones(1))
+
+    def test_b(self):
+        dist.all_reduce(torch.ones(1))
+"""
+
+
+def test_torch_tests_take_multi_rank_tiers_and_are_sized_by_world_size(pytester, tmp_path):
+    pytester.makepyfile(test_tiered=TIERED)
+    listed = tmp_path / "inventory.json"
+    result = pytester.runpytest(
+        "--collect-only",
+        "-q",
+        "--pool-torch-tests",
+        "-p",
+        "no:cacheprovider",
+        f"--harness-inventory={listed}",
+    )
+    assert result.ret == 0, result.stdout.str()
+    entries = {(e["id"].split("::", 1)[1], e["tier"], e["gpus"]) for e in json.loads(listed.read_text())}
+    assert entries == {
+        ("ThreeRanks::test_three", "cpu", 0),
+        ("ThreeRanks::test_three", "multigpu", 3),
+        ("CpuOnly::test_three", "cpu", 0),
+        ("CpuOnly::test_cpu", "cpu", 0),
+        ("TwoRanksAllClass::test_a", "cpu", 0),
+        ("TwoRanksAllClass::test_a", "multigpu", 2),
+        ("TwoRanksAllClass::test_b", "cpu", 0),
+        ("TwoRanksAllClass::test_b", "multigpu", 2),
+    }
+
+
+def test_torch_tests_lease_one_gpu_per_rank_in_a_gpu_tier(pytester, monkeypatch, tmp_path):
+    for name in (devices.PHYSICAL_GPUS_ENV, devices.HOME_GPU_ENV, "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(devices.FAKE_GPUS_ENV, "8")
+    monkeypatch.setenv(devices.LEASE_DIR_ENV, str(tmp_path / "locks"))
+    monkeypatch.setenv(devices.LEASE_LOG_ENV, str(tmp_path / "leases.jsonl"))
+    pytester.makepyfile(test_tiered=TIERED)
+    result = pytester.runpytest("--tier", "multigpu", "--pool-torch-tests", "-p", "no:cacheprovider", "-rA")
+    result.assert_outcomes(passed=3, deselected=2)
+    leases = [json.loads(line) for line in (tmp_path / "leases.jsonl").read_text().splitlines()]
+    taken = {(e["holder"].split("::", 1)[1], len(e["devices"])) for e in leases if e["event"] == "acquire"}
+    # The continuous class holds its two devices from its first test to its end.
+    assert taken == {
+        ("ThreeRanks::test_three", 3),
+        ("TwoRanksAllClass::test_a", 2),
+    }
