@@ -85,8 +85,8 @@ bench-xdist: setup ## CPU tier wall time, -n 2 against -n 0, side by side
 bench-ranks: setup ## 40 two-rank tests: harness.ranks pools vs torch's MultiProc* test cases, warm-pool cost per test
 	$(RUN) bench/ranks_bench.py
 
-bench-torch-suites: setup ## torch's shipped distributed suite (gloo, 2 and 3 ranks): torch's runner vs --pool-torch-tests, outcome diff and time ratio
-	$(RUN) bench/torch_suites_bench.py --world-size 2 --every 5
+bench-torch-suites: setup ## torch's shipped distributed suite (gloo, 2 and 3 ranks): torch's runner vs --pool-torch-tests, outcome diff and time ratio (half an hour)
+	$(RUN) bench/torch_suites_bench.py --world-size 2 --every 1
 	$(RUN) bench/torch_suites_bench.py --world-size 3 --every 10 --skip-continuous
 
 bench-budget: setup ## memory_budget mode: profiling cost per block, solver time, gap to the optimum

@@ -47,7 +47,7 @@ class ClassRun:
         seed: int,
     ) -> None:
         self.registry, self.key, self.lease = registry, key, lease
-        self.world_size = world_size
+        self.cls, self.world_size = cls, world_size
         self.pool: RankPool = registry.take(key)
         self.current: str | None = None
         self.deadline = float("inf")
@@ -116,7 +116,20 @@ class ClassRun:
                     f"{self.current}: still running after {self.deadline_s():g}s (torch's timeout for this "
                     f"test); Python stacks of the ranks:\n{self.pool.running_stacks(list(range(self.world_size)))}"
                 )
-            wait([conn, *(proc.sentinel for proc in self.pool.procs)], left)
+            try:
+                wait([conn, *(proc.sentinel for proc in self.pool.procs)], left)
+            except BaseException as interrupt:
+                self._interrupted(interrupt)
+                raise
+
+    def _interrupted(self, interrupt: BaseException) -> None:
+        """pytest-timeout or Ctrl-C ended the wait: the ranks are still in this test, so the rest
+        of the class is skipped as after a failure (torch's poison pill) and the pool replaced."""
+        self.cls.poison_pill = True
+        self.pool.broken = True
+        if not isinstance(interrupt, KeyboardInterrupt):
+            stacks = self.pool.running_stacks(list(range(self.world_size)))
+            interrupt.add_note(f"Python stacks of the ranks:\n{stacks}")
 
     def _crashed(self, rank: int) -> RuntimeError:
         text = f"rank {rank} of {self.world_size} {self.pool.crash_report(rank).text}"

@@ -139,6 +139,7 @@ def test_torch_classes_run_pooled_with_torchs_outcomes(pytester):
 
 CONTINUOUS = """
 import os, time
+import pytest
 import torch
 import torch.distributed as dist
 from torch.testing._internal.common_distributed import (
@@ -201,7 +202,17 @@ class TestD(Gloo):
             time.sleep(30)
 
 
+@pytest.mark.timeout(3)
 class TestE(Gloo):
+    def test_a_outlives_pytest_timeout(self):
+        if self.rank == 0:
+            time.sleep(30)
+
+    def test_b_poisoned(self):
+        pass
+
+
+class TestF(Gloo):
     def test_passes_after_the_faults(self):
         self.assertEqual(self.all_reduce_ranks(), 3.0)
 """
@@ -213,11 +224,13 @@ def test_continuous_classes_run_pooled_with_torchs_outcomes(pytester):
         "--tier", "cpu", "--pool-torch-tests", "-p", "no:cacheprovider", "-rA", "--dist-timeout", "20"
     )
     out = result.stdout.str()
-    result.assert_outcomes(passed=3, failed=3, skipped=3)
+    result.assert_outcomes(passed=3, failed=4, skipped=4)
     for line in [
         "PASSED *::TestA::test_a_passes",
         "PASSED *::TestB::test_b_starts_fresh_after_a_class",
-        "PASSED *::TestE::test_passes_after_the_faults",
+        "PASSED *::TestF::test_passes_after_the_faults",
+        "FAILED *::TestE::test_a_outlives_pytest_timeout*",
+        "SKIPPED * Previous test failed, skipping test_continuous.TestE.test_b_poisoned",
         "FAILED *::TestA::test_b_fails_on_rank_0*",
         "SKIPPED * Previous test failed, skipping test_continuous.TestA.test_c_poisoned",
         "SKIPPED * Need at least 2 CUDA devices",
@@ -233,7 +246,8 @@ def test_continuous_classes_run_pooled_with_torchs_outcomes(pytester):
     assert "[rank 0] rank 0 was here" in out and "[rank 1] rank 1 was here" in out, "rank output is captured"
     assert "in test_a_crashes" in out, "the crash report carries the other rank's stack"
     assert "in test_hangs" in out, "a hung rank's Python stack is in the report"
-    assert "TORCH TESTS: 9 pooled, 0 on torch's own spawn path" in out
+    assert "in test_a_outlives_pytest_timeout" in out, "so is one that pytest-timeout interrupted"
+    assert "TORCH TESTS: 11 pooled, 0 on torch's own spawn path" in out
 
 
 class _OwnSpawn(MultiProcessTestCase):
