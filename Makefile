@@ -87,7 +87,7 @@ bench-ranks: setup ## 40 two-rank tests: harness.ranks pools vs torch's MultiPro
 
 bench-torch-suites: setup ## torch's shipped distributed suite (gloo, 2 and 3 ranks): torch's runner vs --pool-torch-tests, outcome diff and time ratio (half an hour)
 	$(RUN) bench/torch_suites_bench.py --world-size 2 --every 1
-	$(RUN) bench/torch_suites_bench.py --world-size 3 --every 10 --skip-continuous
+	$(RUN) bench/torch_suites_bench.py --world-size 3 --every 10
 
 bench-budget: setup ## memory_budget mode: profiling cost per block, solver time, gap to the optimum
 	$(RUN) bench/budget_bench.py

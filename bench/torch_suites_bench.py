@@ -8,14 +8,16 @@ subprocess, one run after another on this machine:
 - torch's runner and pooled on the same deterministic subset, every k-th test id
   (torch's runner spawns fresh ranks per test, about 6 s each on 2 cores: the whole
   suite would take half an hour; `--every 1` runs it whole);
-- the same for a small `MultiProcContinuousTest` class written here.
+- the same for `MultiProcContinuousTest` classes written here (four classes of eight
+  tests: torch's runner starts ranks per class, the pools keep theirs).
 
 It prints wall times, the time ratio on the common subset and a table of every test id
 whose outcome (or skip reason) differs between the two runners; an empty table means
 identical outcomes.
 
-    .venv/bin/python bench/torch_suites_bench.py                       # world size 2, every 5th id
+    .venv/bin/python bench/torch_suites_bench.py --every 1             # world size 2, the whole suite (~15 min)
     .venv/bin/python bench/torch_suites_bench.py --world-size 3 --every 10
+    .venv/bin/python bench/torch_suites_bench.py --skip-dist            # only the continuous classes
 """
 
 from __future__ import annotations
@@ -124,6 +126,7 @@ def main() -> None:
         "--every", type=int, default=5, help="torch's runner runs every k-th test id (1: all)"
     )
     parser.add_argument("--skip-continuous", action="store_true")
+    parser.add_argument("--skip-dist", action="store_true", help="only the MultiProcContinuousTest classes")
     args = parser.parse_args()
     if args.world_size < 2 or args.every < 1:
         parser.error(
@@ -132,9 +135,10 @@ def main() -> None:
     print(
         f"torch {_torch_version()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
-    compare("DistributedTest._DistTestBase", SUITE, args.world_size, args.every, whole_pooled=True)
+    if not args.skip_dist:
+        compare("DistributedTest._DistTestBase", SUITE, args.world_size, args.every, whole_pooled=True)
     if not args.skip_continuous:
-        compare("MultiProcContinuousTest class", CONTINUOUS, args.world_size, 1, whole_pooled=False)
+        compare("MultiProcContinuousTest classes", CONTINUOUS, args.world_size, 1, whole_pooled=False)
 
 
 def _torch_version() -> str:
