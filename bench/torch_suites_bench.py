@@ -128,6 +128,8 @@ def main() -> None:
     parser.add_argument("--skip-continuous", action="store_true")
     parser.add_argument("--skip-dist", action="store_true", help="only the MultiProcContinuousTest classes")
     args = parser.parse_args()
+    if args.skip_dist and args.skip_continuous:
+        parser.error("--skip-dist with --skip-continuous leaves nothing to run")
     if args.world_size < 2 or args.every < 1:
         parser.error(
             f"--world-size {args.world_size} / --every {args.every}: need a world size >= 2 and k >= 1"
