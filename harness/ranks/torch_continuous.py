@@ -53,10 +53,10 @@ class ClassRun:
         self.deadline = float("inf")
         self.log_starts = [0] * world_size
         self.ended = False
+        with tempfile.NamedTemporaryFile(delete=False) as rendezvous:
+            self.rdvz_file = rendezvous.name  # torch's tearDownClass removes it
         try:
             self.pool.wait_ready()
-            with tempfile.NamedTemporaryFile(delete=False) as rendezvous:
-                self.rdvz_file = rendezvous.name
             self.pool.send(
                 ContinuousCall(
                     nodeid=nodeid,
@@ -73,10 +73,12 @@ class ClassRun:
         except BaseException:
             self.pool.broken = True
             self.end()
+            os.remove(self.rdvz_file)
             raise
 
-    def install(self, cls: type) -> None:
+    def install(self) -> None:
         """What torch's `_spawn_processes` leaves on the class for setUp, the waits and tearDownClass."""
+        cls = self.cls
         cls.rdvz_file = self.rdvz_file
         cls.processes = [PooledProcess(self, rank) for rank in range(self.world_size)]
         cls.task_queues = [TaskQueue(self, rank) for rank in range(self.world_size)]
@@ -113,7 +115,7 @@ class ClassRun:
                 if limit < self.deadline:
                     raise queue.Empty
                 return self._failure(
-                    f"{self.current}: still running after {self.deadline_s():g}s (torch's timeout for this "
+                    f"{self.current}: still running after {self._timeout_s():g}s (torch's timeout for this "
                     f"test); Python stacks of the ranks:\n{self.pool.running_stacks(list(range(self.world_size)))}"
                 )
             try:
@@ -138,7 +140,7 @@ class ClassRun:
             text += f"\nPython stacks of the ranks still running:\n{self.pool.running_stacks(alive)}"
         return self._failure(text)
 
-    def deadline_s(self) -> float:
+    def _timeout_s(self) -> float:
         return float(sys.modules[COMMON].get_timeout(self.current)) if self.current else 0.0
 
     def _failure(self, text: str) -> RuntimeError:

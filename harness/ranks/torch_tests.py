@@ -305,7 +305,7 @@ class TorchTestHooks:
         run = ClassRun(
             cls, int(world_size), self.registry, key, lease, self.current.nodeid, self.options.seed
         )
-        run.install(cls)
+        run.install()
         self.class_runs[cls] = run
 
     @pytest.hookimpl(tryfirst=True)
