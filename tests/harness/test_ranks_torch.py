@@ -272,7 +272,14 @@ class ThreeRanks(MultiProcessTestCase):
         self._spawn_processes()
 
     def test_three(self):
-        assert self.rank in (0, 1, 2)
+        assert 0 <= self.rank < self.world_size
+
+
+@pytest.mark.tiers("multigpu")
+class FourByProperty(ThreeRanks):
+    @property
+    def world_size(self):
+        return 4
 
 
 @pytest.mark.tiers("cpu")
@@ -312,6 +319,7 @@ def test_torch_tests_take_multi_rank_tiers_and_are_sized_by_world_size(pytester,
     assert entries == {
         ("ThreeRanks::test_three", "cpu", 0),
         ("ThreeRanks::test_three", "multigpu", 3),
+        ("FourByProperty::test_three", "multigpu", 4),
         ("CpuOnly::test_three", "cpu", 0),
         ("CpuOnly::test_cpu", "cpu", 0),
         ("TwoRanksAllClass::test_a", "cpu", 0),
@@ -329,11 +337,12 @@ def test_torch_tests_lease_one_gpu_per_rank_in_a_gpu_tier(pytester, monkeypatch,
     monkeypatch.setenv(devices.LEASE_LOG_ENV, str(tmp_path / "leases.jsonl"))
     pytester.makepyfile(test_tiered=TIERED)
     result = pytester.runpytest("--tier", "multigpu", "--pool-torch-tests", "-p", "no:cacheprovider", "-rA")
-    result.assert_outcomes(passed=3, deselected=2)
+    result.assert_outcomes(passed=4, deselected=2)
     leases = [json.loads(line) for line in (tmp_path / "leases.jsonl").read_text().splitlines()]
     taken = {(e["holder"].split("::", 1)[1], len(e["devices"])) for e in leases if e["event"] == "acquire"}
     # The continuous class holds its two devices from its first test to its end.
     assert taken == {
         ("ThreeRanks::test_three", 3),
+        ("FourByProperty::test_three", 4),
         ("TwoRanksAllClass::test_a", 2),
     }
