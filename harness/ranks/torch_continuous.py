@@ -106,6 +106,8 @@ class ClassRun:
                 if kind == RESULT:
                     self._show_output(rank)
                     return value
+                if kind == "report":  # the rank left the class's loop (an error in `_init_pg`, say)
+                    return self._failure(f"rank {rank} of {self.world_size} left the class:\n{value.text}")
                 continue
             dead = [r for r, proc in enumerate(self.pool.procs) if not proc.is_alive()]
             if dead:

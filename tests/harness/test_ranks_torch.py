@@ -199,6 +199,18 @@ class TestE(Gloo):
 
 
 class TestF(Gloo):
+    @classmethod
+    def backend_str(cls):
+        return "no-such-backend"
+
+    def test_a_group_fails_to_start(self):
+        pass
+
+    def test_b_poisoned(self):
+        pass
+
+
+class TestG(Gloo):
     def test_passes_after_the_faults(self):
         self.assertEqual(self.all_reduce_ranks(), 3.0)
 """
@@ -207,11 +219,13 @@ class TestF(Gloo):
 def test_continuous_classes_run_pooled_with_torchs_outcomes(pytester):
     result = _run_pooled(pytester, "test_continuous", CONTINUOUS)
     out = result.stdout.str()
-    result.assert_outcomes(passed=3, failed=4, skipped=4)
+    result.assert_outcomes(passed=3, failed=5, skipped=5)
     for line in [
         "PASSED *::TestA::test_a_passes",
         "PASSED *::TestB::test_b_starts_fresh_after_a_class",
-        "PASSED *::TestF::test_passes_after_the_faults",
+        "PASSED *::TestG::test_passes_after_the_faults",
+        "FAILED *::TestF::test_a_group_fails_to_start*",
+        "SKIPPED * Previous test failed, skipping test_continuous.TestF.test_b_poisoned",
         "FAILED *::TestE::test_a_outlives_pytest_timeout*",
         "SKIPPED * Previous test failed, skipping test_continuous.TestE.test_b_poisoned",
         "FAILED *::TestA::test_b_fails_on_rank_0*",
@@ -230,7 +244,8 @@ def test_continuous_classes_run_pooled_with_torchs_outcomes(pytester):
     assert "in test_a_crashes" in out, "the crash report carries the other rank's stack"
     assert "in test_hangs" in out, "a hung rank's Python stack is in the report"
     assert "in test_a_outlives_pytest_timeout" in out, "so is one that pytest-timeout interrupted"
-    assert "TORCH TESTS: 11 pooled, 0 on torch's own spawn path" in out
+    assert "rank 0 of 2 left the class:" in out and "no-such-backend" in out, "the group's error, at once"
+    assert "TORCH TESTS: 13 pooled, 0 on torch's own spawn path" in out
 
 
 class _OwnSpawn(MultiProcessTestCase):
