@@ -18,7 +18,7 @@ from torch._dynamo.backends.debugging import aot_eager
 
 from ac import ACConfig, apply_ac, budget_plans
 from ac.budget import BudgetCheckpoint, costs
-from ac.traced import traced_eager
+from ac.traced import backend_for, traced_eager
 from ackit import models
 from ackit.models import moe
 from ackit.presets import PRESETS
@@ -190,6 +190,11 @@ def test_a_traced_eager_graph_calls_its_ops_directly(backend, wrapped_calls, mon
     run(x, w)[0].backward()
     assert (counter.calls > 0) == wrapped_calls, counter.calls
     assert torch.equal(w.grad, torch.autograd.grad(_relu_mm_sum(x, w)[0], w)[0])
+
+
+def test_only_the_traced_eager_name_maps_to_this_packages_backend():
+    assert backend_for("traced_eager") is traced_eager
+    assert [backend_for(name) for name in ("aot_eager", "inductor")] == ["aot_eager", "inductor"]
 
 
 @pytest.mark.compiled
