@@ -91,11 +91,17 @@ def _run_pooled(pytester: pytest.Pytester, name: str, source: str) -> pytest.Run
     )
 
 
+def _has_lines(result: pytest.RunResult, *lines: str) -> None:
+    for line in lines:
+        result.stdout.fnmatch_lines([line])  # one at a time: the summary's order is pytest's
+
+
 def test_torch_classes_run_pooled_with_torchs_outcomes(pytester):
     result = _run_pooled(pytester, "test_torch_cases", CASES.format())
     out = result.stdout.str()
     result.assert_outcomes(passed=3, failed=4, skipped=2)
-    for line in [
+    _has_lines(
+        result,
         "PASSED *::TwoRanks::test_a_passes_with_a_file_group",
         "PASSED *::TwoRanks::test_b_passes_with_an_env_group",
         "PASSED *::TwoRanks::test_h_passes_after_the_faults",
@@ -105,8 +111,7 @@ def test_torch_classes_run_pooled_with_torchs_outcomes(pytester):
         "FAILED *::TwoRanks::test_f_crashes - RuntimeError*",
         "FAILED *::TwoRanks::test_g_hangs - RuntimeError*",
         "FAILED *::test_async_body_fails*",
-    ]:
-        result.stdout.fnmatch_lines([line])  # one at a time: the summary's order is pytest's
+    )
     assert "an async def test cannot run in ranks" in out
     assert "RuntimeError: Process 1 exited with error code 10 and exception:" in out, "torch's own check"
     # Counted in the failure reports ("E" lines): the short summary's width depends on the terminal.
@@ -123,6 +128,22 @@ def test_torch_classes_run_pooled_with_torchs_outcomes(pytester):
     assert "TORCH TESTS: 8 pooled, 0 on torch's own spawn path" in out
 
 
+# A continuous class on gloo with two ranks, the base of the continuous classes below.
+GLOO = """
+class Gloo(MultiProcContinuousTest):
+    world_size = 2
+
+    @classmethod
+    def backend_str(cls):
+        return "gloo"
+
+    def all_reduce_ranks(self):
+        total = torch.tensor([float(self.rank + 1)])
+        dist.all_reduce(total)
+        return total.item()
+"""
+
+
 CONTINUOUS = """
 import os, time
 import pytest
@@ -135,22 +156,11 @@ from torch.testing._internal.common_distributed import (
 TIMEOUT_OVERRIDE["test_b_hangs"] = 3
 
 
-class Gloo(MultiProcContinuousTest):
-    world_size = 2
-
-    @classmethod
-    def backend_str(cls):
-        return "gloo"
-
-    def all_reduce_ranks(self):
-        total = torch.tensor([float(self.rank + 1)])
-        dist.all_reduce(total)
-        return total.item()
-
+{gloo}
 
 class TestA(Gloo):
     def test_a_passes(self):
-        print(f"rank {self.rank} was here")
+        print(f"rank {{self.rank}} was here")
         torch.set_default_dtype(torch.float64)
         self.assertEqual(self.all_reduce_ranks(), 3.0)
 
@@ -225,10 +235,11 @@ class TestG(Gloo):
 
 
 def test_continuous_classes_run_pooled_with_torchs_outcomes(pytester):
-    result = _run_pooled(pytester, "test_continuous", CONTINUOUS)
+    result = _run_pooled(pytester, "test_continuous", CONTINUOUS.format(gloo=GLOO))
     out = result.stdout.str()
     result.assert_outcomes(passed=5, failed=5, skipped=5)
-    for line in [
+    _has_lines(
+        result,
         "PASSED *::TestA::test_a_passes",
         "PASSED *::TestB::test_b_starts_fresh_after_a_class",
         "PASSED *::TestG::test_passes_after_the_faults",
@@ -246,8 +257,7 @@ def test_continuous_classes_run_pooled_with_torchs_outcomes(pytester):
         "E * RuntimeError: Exception in worker process:",
         "E * RuntimeError: rank 1 of 2 exited with code 3",
         "E * RuntimeError: test_continuous.TestD.test_b_hangs: still running after 3s (torch's timeout*",
-    ]:
-        result.stdout.fnmatch_lines([line])
+    )
     assert "[rank 0] rank 0 was here" in out and "[rank 1] rank 1 was here" in out, "rank output is captured"
     assert "in test_a_crashes" in out, "the crash report carries the other rank's stack"
     assert "in test_b_hangs" in out, "a hung rank's Python stack is in the report"
@@ -311,23 +321,19 @@ class CpuOnly(ThreeRanks):
         pass
 
 
-class TwoRanksAllClass(MultiProcContinuousTest):
-    world_size = 2
+{gloo}
 
-    @classmethod
-    def backend_str(cls):
-        return "gloo"
-
+class TwoRanksAllClass(Gloo):
     def test_a(self):
-        dist.all_reduce(torch.ones(1))
+        self.all_reduce_ranks()
 
     def test_b(self):
-        dist.all_reduce(torch.ones(1))
+        self.all_reduce_ranks()
 """
 
 
 def test_torch_tests_take_multi_rank_tiers_and_are_sized_by_world_size(pytester, tmp_path):
-    pytester.makepyfile(test_tiered=TIERED)
+    pytester.makepyfile(test_tiered=TIERED.format(gloo=GLOO))
     listed = tmp_path / "inventory.json"
     result = pytester.runpytest(
         "--collect-only",
@@ -358,7 +364,7 @@ def test_torch_tests_lease_one_gpu_per_rank_in_a_gpu_tier(pytester, monkeypatch,
     monkeypatch.setenv(devices.FAKE_GPUS_ENV, "8")
     monkeypatch.setenv(devices.LEASE_DIR_ENV, str(tmp_path / "locks"))
     monkeypatch.setenv(devices.LEASE_LOG_ENV, str(tmp_path / "leases.jsonl"))
-    pytester.makepyfile(test_tiered=TIERED)
+    pytester.makepyfile(test_tiered=TIERED.format(gloo=GLOO))
     result = pytester.runpytest("--tier", "multigpu", "--pool-torch-tests", "-p", "no:cacheprovider", "-rA")
     result.assert_outcomes(passed=4, deselected=2)
     leases = [json.loads(line) for line in (tmp_path / "leases.jsonl").read_text().splitlines()]
