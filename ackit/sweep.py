@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
 
-from ac import ACConfig, apply_ac, budget_plans
+from ac import ACConfig, apply_ac, budget_plans, traced
 from ackit import models, timing
 from ackit.presets import PRESETS
 from harness import measure, tiers
@@ -34,7 +34,7 @@ COMPILED_MODES = ("none", "full", "op", "budget-0.5")
 # aot_eager's graphs of eager kernels, each op called directly, no per-op dispatch mode):
 # rows "<mode> traced", gradients bitwise to eager no AC's.
 TRACED_MODES = ("none", "full", "op", "budget-0.5")
-TRACED_BACKEND = "traced_eager"
+TRACED_BACKEND = traced.NAME
 # Compiled graphs may reorder float sums: gradients agree to rounding, not bitwise.
 COMPILED_TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 WARMUP_STEPS, TIMED_STEPS = 2, 7

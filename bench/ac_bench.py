@@ -30,7 +30,7 @@ import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
-from ac import ACConfig, apply_ac
+from ac import ACConfig, apply_ac, traced
 from ac.budget import BudgetCheckpoint, costs
 from ac.policy import make_op_sac_policy
 from ackit import models, timing
@@ -42,7 +42,7 @@ BUDGETS = ("budget-0.25", "budget-0.5", "budget-0.75")
 SIMPLE = ["none", "full", "layer-2", "layer-4"]
 EAGER_MODES = [*SIMPLE, "op", "budget-0.1", *BUDGETS, "budget-1.0"]
 TRACED_MODES = [*SIMPLE, "op", *BUDGETS]
-TRACED_BACKEND = "traced_eager"  # ac.traced's backend: the recommended traced-eager path
+TRACED_BACKEND = traced.NAME  # the recommended traced-eager path
 AOT_EAGER_MODES = ["none", "op"]  # the same graphs with their ops called through OpOverload.__call__
 COMPILED_MODES = ["none", "full", "op", "budget-0.5"]
 SUBMODULES = {"attn-ckpt": "attention", "moe-ckpt": "moe"}

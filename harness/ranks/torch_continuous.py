@@ -27,6 +27,7 @@ import time
 from multiprocessing.connection import wait
 from typing import Any
 
+from harness.ranks import display
 from harness.ranks.pool import PoolKey, PoolRegistry, RankPool
 from harness.ranks.torch_call import RESULT, TASK, ContinuousCall
 
@@ -50,6 +51,7 @@ class ClassRun:
         self.cls, self.world_size = cls, world_size
         self.pool: RankPool = registry.take(key)
         self.current: str | None = None
+        self.timeout_s = 0.0  # torch's timeout for the current test
         self.deadline = float("inf")
         self.log_starts = [0] * world_size
         self.ended = False
@@ -87,7 +89,8 @@ class ClassRun:
     def start_test(self, rank: int, test_id: str | None) -> None:
         if test_id is not None and test_id != self.current:
             self.current = test_id
-            self.deadline = time.monotonic() + float(sys.modules[COMMON].get_timeout(test_id))
+            self.timeout_s = float(sys.modules[COMMON].get_timeout(test_id))
+            self.deadline = time.monotonic() + self.timeout_s
         self.log_starts[rank] = self.pool.logs.size(rank)
         with contextlib.suppress(OSError):
             self.pool.conns[rank].send((TASK, test_id))
@@ -117,7 +120,7 @@ class ClassRun:
                 if limit < self.deadline:
                     raise queue.Empty
                 return self._failure(
-                    f"{self.current}: still running after {self._timeout_s():g}s (torch's timeout for this "
+                    f"{self.current}: still running after {self.timeout_s:g}s (torch's timeout for this "
                     f"test); Python stacks of the ranks:\n{self.pool.running_stacks(list(range(self.world_size)))}"
                 )
             try:
@@ -142,9 +145,6 @@ class ClassRun:
             text += f"\nPython stacks of the ranks still running:\n{self.pool.running_stacks(alive)}"
         return self._failure(text)
 
-    def _timeout_s(self) -> float:
-        return float(sys.modules[COMMON].get_timeout(self.current)) if self.current else 0.0
-
     def _failure(self, text: str) -> RuntimeError:
         self.pool.broken = True
         return RuntimeError(text)
@@ -154,7 +154,7 @@ class ClassRun:
         output lands there too)."""
         output = self.pool.logs.read(rank, self.log_starts[rank])
         if output:
-            sys.stdout.write("".join(f"[rank {rank}] {line}" for line in output.splitlines(keepends=True)))
+            sys.stdout.write(display.prefixed(rank, output))
 
     def alive(self, rank: int) -> bool:
         return not self.ended and self.pool.procs[rank].is_alive()
